@@ -1,0 +1,79 @@
+"""Profiles, seeding, device and cache location.
+
+A *profile* changes sizes and step counts only, never the code path:
+
+- ``smoke``: tiny sizes so every notebook runs in seconds (env ``MINIBAYESLORA_SMOKE=1``);
+- ``cpu``:   the default without CUDA; real results within minutes on a 2-core laptop;
+- ``gpu``:   the default with CUDA; bigger models and longer runs.
+
+``MINIBAYESLORA_PROFILE`` forces a profile by name (e.g. ``cpu`` on a GPU machine).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+PROFILES = ("smoke", "cpu", "gpu")
+T = TypeVar("T")
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _detect_profile() -> str:
+    forced = os.environ.get("MINIBAYESLORA_PROFILE", "").strip().lower()
+    if forced:
+        if forced not in PROFILES:
+            raise ValueError(f"MINIBAYESLORA_PROFILE={forced!r} is not one of {PROFILES}.")
+        return forced
+    if _truthy(os.environ.get("MINIBAYESLORA_SMOKE")):
+        return "smoke"
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+PROFILE: str = _detect_profile()
+SMOKE: bool = PROFILE == "smoke"
+
+
+def by_profile(smoke: T, cpu: T, gpu: T | None = None, profile: str | None = None) -> T:
+    """Pick a size for the active profile: ``n_steps = by_profile(smoke=5, cpu=300, gpu=1000)``.
+
+    ``gpu`` defaults to the ``cpu`` value; ``profile`` overrides the active one (useful in tests).
+    """
+    profile = profile or PROFILE
+    if profile not in PROFILES:
+        raise ValueError(f"profile must be one of {PROFILES}, got {profile!r}.")
+    return {"smoke": smoke, "cpu": cpu, "gpu": cpu if gpu is None else gpu}[profile]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a torch Generator seeded the same way."""
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}.")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def device() -> torch.device:
+    """``cuda`` when available, else ``cpu`` (the profile sets sizes, not the device)."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cache_dir(*parts: str) -> Path:
+    """The course's cache folder (``$MINIBAYESLORA_CACHE``, default ``~/.cache/minibayeslora``).
+
+    Extra ``parts`` name a subfolder; it is created on demand.
+    """
+    root = os.environ.get("MINIBAYESLORA_CACHE") or Path.home() / ".cache" / "minibayeslora"
+    path = Path(root).expanduser().joinpath(*parts)
+    path.mkdir(parents=True, exist_ok=True)
+    return path

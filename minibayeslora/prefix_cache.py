@@ -1,0 +1,132 @@
+"""Run the frozen bottom of an encoder once per dataset and reuse its output.
+
+When adapters sit only in layers ``start_layer..L-1`` (default for the cpu profile: the top 3
+MiniLM layers + head), the hidden states entering layer ``start_layer``,
+
+    h_start = layer_{start-1} ∘ … ∘ layer_0 ∘ embed(x),
+
+never change during training or multi-sample prediction. We compute them once (eval mode, no
+grad) and keep them in memory and on disk, keyed by the frozen weights, the texts, the layer
+and the max length. A cached batch enters the model at ``start_layer``:
+``model(**features.batch(idx))`` equals ``model(**model.tokenize(texts))`` (tested).
+
+Storage is ragged: only real tokens are kept, ``hidden`` (T, H) with ``offsets`` (N+1,), so
+padding costs nothing; a batch is padded to its own longest text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import config
+
+_MEMORY: dict[str, "PrefixFeatures"] = {}
+
+
+@dataclass
+class PrefixFeatures:
+    """Cached hidden states of N texts: ``hidden`` (T, H) real tokens only, ``offsets`` (N+1,)."""
+
+    hidden: torch.Tensor
+    offsets: torch.Tensor
+    start_layer: int
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def batch(self, idx=None) -> dict:
+        """Rows ``idx`` as model inputs: ``prefix_hidden`` (B, L_b, H), ``attention_mask`` (B, L_b)."""
+        idx = torch.arange(len(self)) if idx is None else torch.as_tensor(idx).reshape(-1)
+        lengths = self.lengths[idx]
+        width = int(lengths.max())
+        hidden = self.hidden.new_zeros(len(idx), width, self.hidden.shape[1])
+        mask = torch.zeros(len(idx), width, dtype=torch.long)
+        for row, (i, n) in enumerate(zip(idx.tolist(), lengths.tolist())):
+            start = int(self.offsets[i])
+            hidden[row, :n] = self.hidden[start:start + n]
+            mask[row, :n] = 1
+        return {"prefix_hidden": hidden, "attention_mask": mask, "start_layer": self.start_layer}
+
+
+def _fingerprint(model, start_layer: int, texts: list[str], max_length: int) -> str:
+    """Hash of everything the cached states depend on: frozen weights, texts, layer, length."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"layer": start_layer, "max_length": max_length,
+                         "model": getattr(model, "name", type(model).__name__)}).encode())
+    frozen = [model.encoder.embeddings] + list(model.layers[:start_layer])
+    for module in frozen:
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+@torch.no_grad()
+def compute_prefix(model, texts: list[str], start_layer: int, max_length: int | None = None,
+                   batch_size: int = 64, progress: bool = True) -> PrefixFeatures:
+    """Hidden states entering layer ``start_layer`` for every text (no caching)."""
+    if not 0 <= start_layer <= model.num_layers:
+        raise ValueError(f"start_layer must be in 0..{model.num_layers}, got {start_layer}.")
+    was_training = model.training
+    model.eval()
+    max_length = max_length or model.max_length
+    # Sorting by length keeps batches nearly free of padding; rows go back in order afterwards.
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    pieces: list[torch.Tensor | None] = [None] * len(texts)
+    dev = next(model.head.parameters()).device
+    steps = range(0, len(texts), batch_size)
+    for i in tqdm(steps, desc=f"prefix (layers 0..{start_layer - 1})", disable=not progress or len(steps) < 4):
+        rows = order[i:i + batch_size]
+        batch = model.tokenize([texts[r] for r in rows], max_length=max_length)
+        ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)
+        hidden = model.run_layers(model.embed(ids), mask, 0, start_layer).float().cpu()
+        for row, h, m in zip(rows, hidden, mask.cpu()):
+            pieces[row] = h[m.bool()]
+    model.train(was_training)
+    lengths = torch.tensor([len(p) for p in pieces])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    return PrefixFeatures(torch.cat(pieces), offsets, start_layer)
+
+
+def prefix_features(model, texts: list[str], start_layer: int, max_length: int | None = None,
+                    disk: bool = True, progress: bool = True) -> PrefixFeatures:
+    """Cached ``compute_prefix``: memory first, then disk (``cache_dir()/prefix``), else compute and store."""
+    texts = list(texts)
+    max_length = max_length or model.max_length
+    key = _fingerprint(model, start_layer, texts, max_length)
+    if key in _MEMORY:
+        return _MEMORY[key]
+    path = config.cache_dir("prefix") / f"{key}.safetensors"
+    features = None
+    if disk and path.exists():
+        try:
+            stored = load_file(str(path))
+            features = PrefixFeatures(stored["hidden"], stored["offsets"], start_layer)
+        except Exception as err:  # a truncated or foreign file: recompute rather than fail
+            print(f"Ignoring unreadable prefix cache {path.name} ({type(err).__name__}); recomputing.")
+    if features is None:
+        features = compute_prefix(model, texts, start_layer, max_length, progress=progress)
+        if disk:
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            save_file({"hidden": features.hidden.contiguous(), "offsets": features.offsets}, str(tmp))
+            os.replace(tmp, path)
+    _MEMORY[key] = features
+    return features
+
+
+def clear_memory_cache() -> None:
+    _MEMORY.clear()

@@ -1,0 +1,40 @@
+"""Shared fixtures. Every test runs offline: nothing may reach a model hub."""
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def task():
+    from minibayeslora import data
+
+    return data.load_task("rotten_tomatoes")
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    from minibayeslora.backbones import load_backbone
+
+    return load_backbone("minilm")
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from minibayeslora.backbones import load_backbone
+
+    return load_backbone("smollm2")
+
+
+@pytest.fixture
+def isolated_cache(tmp_path, monkeypatch):
+    """A fresh MINIBAYESLORA_CACHE and an empty in-memory prefix cache."""
+    from minibayeslora import prefix_cache
+
+    monkeypatch.setenv("MINIBAYESLORA_CACHE", str(tmp_path))
+    prefix_cache.clear_memory_cache()
+    yield tmp_path
+    prefix_cache.clear_memory_cache()

@@ -1,0 +1,118 @@
+import time
+
+import pytest
+import torch
+
+from minibayeslora import assets
+from minibayeslora.backbones import BackboneUnavailableError, DecoderClassifier, load_backbone
+
+TEXTS = ["A warm, funny and wise film.", "Two hours I will never get back.",
+         "The plot wanders, but the lead performance is extraordinary and carries every scene."]
+
+
+def test_minilm_loads_offline_and_matches_transformers_forward(minilm):
+    batch = minilm.tokenize(TEXTS)
+    with torch.no_grad():
+        logits = minilm(**batch)
+        reference = minilm.encoder(**batch).last_hidden_state  # transformers' own forward
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    m = batch["attention_mask"].unsqueeze(-1).float()
+    pooled = (reference * m).sum(1) / m.sum(1)
+    expected = pooled @ minilm.head.weight.T + minilm.head.bias
+    torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_padding_does_not_change_a_review(minilm):
+    with torch.no_grad():
+        alone = minilm(**minilm.tokenize(TEXTS[:1]))
+        padded = minilm(**minilm.tokenize(TEXTS))[:1]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=1e-5)
+
+
+def test_backbone_is_frozen_and_head_trainable(minilm):
+    trainable = {n for n, p in minilm.named_parameters() if p.requires_grad}
+    assert trainable == {"head.weight", "head.bias"}
+    assert sum(p.numel() for p in minilm.encoder.parameters()) == pytest.approx(22.7e6, rel=0.01)
+
+
+def test_smollm2_label_logits_equal_full_lm_logits(smollm2):
+    """The C label logits must equal the LM's vocabulary logits at the last real token."""
+    for side in ("right", "left"):
+        smollm2.tokenizer.padding_side = side
+        batch = smollm2.tokenize(TEXTS)
+        with torch.no_grad():
+            ours = smollm2(**batch)
+            full = smollm2.lm(**batch).logits
+        rows = torch.arange(len(TEXTS))
+        last = batch["attention_mask"].shape[1] - 1 if side == "left" else batch["attention_mask"].sum(1) - 1
+        ref = full[rows, last][:, smollm2.label_token_ids]
+        torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    smollm2.tokenizer.padding_side = "right"
+    assert len(smollm2.tokenizer(" negative", add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_smollm2_safetensors_cache_round_trip(smollm2):
+    """The cached safetensors model gives the same logits as a fresh load of the GGUF file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = assets.smollm2_gguf()
+    fresh = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name).eval()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    direct = DecoderClassifier(fresh, tok)
+    batch = smollm2.tokenize(TEXTS)
+    assert torch.equal(batch["input_ids"], direct.tokenize(TEXTS)["input_ids"])
+    with torch.no_grad():
+        torch.testing.assert_close(smollm2(**batch), direct(**batch), atol=1e-5, rtol=1e-5)
+    t0 = time.perf_counter()
+    load_backbone("smollm2")
+    assert time.perf_counter() - t0 < 30  # a generous bound: a reload must not re-convert the GGUF (≈20 s)
+
+
+def test_long_reviews_keep_the_end_of_the_prompt(smollm2):
+    batch = smollm2.tokenize(["word " * 500])
+    assert batch["input_ids"].shape[1] <= smollm2.max_length + 8
+    text = smollm2.tokenizer.decode(batch["input_ids"][0])
+    assert text.endswith("The sentiment of this review is")
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_minilm_forward_and_train_after_eval(quantization, minilm):
+    import bitsandbytes as bnb
+
+    model = load_backbone("minilm", quantization=quantization)
+    linear = bnb.nn.Linear4bit if quantization == "4bit" else bnb.nn.Linear8bitLt
+    quantized = [m for m in model.modules() if isinstance(m, linear)]
+    assert len(quantized) == 6 * 6, "every attention/FFN linear of the 6 layers is quantized"
+    assert not any(isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt)) for m in model.head.modules())
+    if quantization == "4bit":
+        assert all(m.support_avx512bf16_for_cpu is False for m in quantized)
+    model.head.load_state_dict(minilm.head.state_dict())
+    batch = model.tokenize(TEXTS)
+    with torch.no_grad():
+        logits = model(**batch)  # the eval pass that used to break training on AVX512-BF16 CPUs
+        exact = minilm(**batch)
+    assert torch.isfinite(logits).all()
+    assert (logits - exact).abs().max() < 0.5, "quantized logits far from full precision"
+    model.train()
+    hidden = model.embed(batch["input_ids"]).detach().requires_grad_(True)  # stands in for a LoRA below
+    out = model.classify(model.run_layers(hidden, batch["attention_mask"]), batch["attention_mask"])
+    torch.nn.functional.cross_entropy(out, torch.tensor([1, 0, 1])).backward()
+    assert torch.isfinite(hidden.grad).all() and hidden.grad.abs().sum() > 0
+    assert torch.isfinite(model.head.weight.grad).all()
+
+
+def test_offline_hub_id_fails_with_one_sentence():
+    with pytest.raises(BackboneUnavailableError) as info:
+        load_backbone("Qwen/Qwen2.5-0.5B")
+    err = info.value
+    message = str(err)
+    assert "\n" not in message and message.count(". ") == 0 and message.endswith(".")
+    assert "'minilm'" in message and "'smollm2'" in message and "Qwen/Qwen2.5-0.5B" in message
+    assert err.__cause__ is None and err.__context__ is None
+
+
+def test_bad_arguments_are_clear():
+    with pytest.raises(ValueError, match="quantization must be"):
+        load_backbone("minilm", quantization="3bit")
+    with pytest.raises(ValueError, match="name must be"):
+        load_backbone("")

@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from minibayeslora import prefix_cache
+from minibayeslora.prefix_cache import compute_prefix, prefix_features
+
+
+@pytest.fixture(scope="module")
+def texts(task):
+    return task.val.subset(48, seed=1).texts
+
+
+@pytest.mark.parametrize("start_layer", [0, 3, 6])
+def test_cached_logits_equal_uncached(minilm, texts, start_layer, isolated_cache):
+    features = prefix_features(minilm, texts, start_layer)
+    idx = torch.tensor([5, 0, 17, 33, 2, 47])
+    with torch.no_grad():
+        cached = minilm(**features.batch(idx))
+        uncached = minilm(**minilm.tokenize([texts[i] for i in idx]))
+    torch.testing.assert_close(cached, uncached, atol=1e-5, rtol=1e-5)
+
+
+def test_cached_gradients_equal_uncached(minilm, texts, isolated_cache):
+    features = prefix_features(minilm, texts, 3)
+    labels = torch.randint(0, 2, (len(texts),), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for batch in (features.batch(), minilm.tokenize(texts)):
+        minilm.head.zero_grad()
+        torch.nn.functional.cross_entropy(minilm(**batch), labels).backward()
+        grads.append(minilm.head.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], atol=1e-5, rtol=1e-4)
+
+
+def test_storage_is_ragged_and_batches_are_masked(minilm, texts):
+    features = compute_prefix(minilm, texts, 2, progress=False)
+    lengths = minilm.tokenize(texts)["attention_mask"].sum(1)
+    assert torch.equal(features.lengths, lengths) and features.hidden.shape == (int(lengths.sum()), 384)
+    batch = features.batch([3, 4])
+    assert torch.equal(batch["attention_mask"].sum(1), lengths[[3, 4]])
+    assert batch["prefix_hidden"].shape[1] == int(lengths[[3, 4]].max())
+
+
+def test_disk_round_trip_and_keys(minilm, texts, isolated_cache):
+    first = prefix_features(minilm, texts, 3)
+    files = list((isolated_cache / "prefix").glob("*.safetensors"))
+    assert len(files) == 1
+    prefix_cache.clear_memory_cache()
+    again = prefix_features(minilm, texts, 3)
+    assert again is not first and torch.equal(again.hidden, first.hidden) and torch.equal(again.offsets, first.offsets)
+    assert prefix_features(minilm, texts, 3) is again  # memory hit
+    prefix_features(minilm, texts[:-1], 3)
+    prefix_features(minilm, texts, 2)
+    prefix_features(minilm, texts, 3, max_length=16)
+    assert len(list((isolated_cache / "prefix").glob("*.safetensors"))) == 4
+    assert not list((isolated_cache / "prefix").glob("*.tmp*")), "a temporary file was left behind"
+
+
+def test_corrupt_cache_file_is_recomputed(minilm, texts, isolated_cache, capsys):
+    reference = prefix_features(minilm, texts, 3)
+    (path,) = (isolated_cache / "prefix").glob("*.safetensors")
+    path.write_bytes(b"not a safetensors file")
+    prefix_cache.clear_memory_cache()
+    recovered = prefix_features(minilm, texts, 3)
+    assert "recomputing" in capsys.readouterr().out
+    assert torch.equal(recovered.hidden, reference.hidden)
+
+
+def test_changed_frozen_weights_change_the_key(minilm, texts, isolated_cache):
+    a = prefix_cache._fingerprint(minilm, 3, texts, 64)
+    layer0 = minilm.layers[0].attention.self.query.weight
+    original = layer0[0, 0].item()
+    with torch.no_grad():
+        layer0[0, 0] += 1.0
+    try:
+        assert prefix_cache._fingerprint(minilm, 3, texts, 64) != a
+        assert prefix_cache._fingerprint(minilm, 0, texts, 64) == prefix_cache._fingerprint(minilm, 0, texts, 64)
+    finally:
+        with torch.no_grad():
+            layer0[0, 0] = original
+    assert prefix_cache._fingerprint(minilm, 3, texts, 64) == a
+
+
+def test_bad_start_layer(minilm, texts):
+    with pytest.raises(ValueError, match="start_layer must be in 0..6"):
+        compute_prefix(minilm, texts, 7)
