@@ -38,3 +38,14 @@ def isolated_cache(tmp_path, monkeypatch):
     prefix_cache.clear_memory_cache()
     yield tmp_path
     prefix_cache.clear_memory_cache()
+
+
+@pytest.fixture
+def minilm_fresh():
+    """A MiniLM classifier of its own, for tests that inject adapters (seeded head)."""
+    import torch
+
+    from minibayeslora.backbones import load_backbone
+
+    torch.manual_seed(0)
+    return load_backbone("minilm")

@@ -1,0 +1,184 @@
+"""Check functions for the exercises: they name the likely mistake, not just "wrong".
+
+Each ``check_*`` runs a learner's implementation on small random inputs, compares it with a
+reference and, on a mismatch, compares it with the outputs of the typical mistakes (forgot the
+scaling, transposed a factor, B not zero-initialised, W₀ left trainable ...) to say which one it
+made. On success it prints one line and returns True; on failure it raises ``AssertionError``
+with the hint, so nbgrader and plain notebooks both see a failed cell.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+
+def _ok(name: str) -> bool:
+    print(f"✔ {name} passed")
+    return True
+
+
+def _call(fn, *args, what: str):
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise AssertionError(f"{what} is not implemented yet: replace `raise NotImplementedError()`.") from None
+    except RuntimeError as err:
+        if "shape" in str(err) or "size" in str(err) or "mat" in str(err):
+            raise AssertionError(f"{what} failed on a shape mismatch ({err}). Check the order of the "
+                                 f"products: A is (r, d_in), B is (d_out, r), x is (N, d_in).") from None
+        raise
+
+
+def _diagnose(got, expected: torch.Tensor, mistakes: dict[str, torch.Tensor], what: str, atol: float = 1e-5) -> None:
+    """Raise with the hint of the first mistake whose output ``got`` reproduces; else a generic message."""
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"{what} must return a torch.Tensor, got {type(got).__name__}.")
+    if got.shape == expected.shape and torch.allclose(got, expected, atol=atol, rtol=1e-4):
+        return
+    for hint, wrong in mistakes.items():
+        if got.shape == wrong.shape and torch.allclose(got, wrong, atol=atol, rtol=1e-4):
+            raise AssertionError(f"{what}: {hint}")
+    if got.shape != expected.shape:
+        raise AssertionError(f"{what} returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}.")
+    raise AssertionError(f"{what} differs from the reference by up to {(got - expected).abs().max():.3g}.")
+
+
+def _factors(d_out=5, d_in=7, r=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(r, d_in, generator=g), torch.randn(d_out, r, generator=g)
+
+
+def check_delta_weight(delta_weight) -> bool:
+    """``delta_weight(A, B, alpha, r)`` must return ΔW = (α/r)·B A of shape (d_out, d_in)."""
+    A, B = _factors()
+    alpha, r = 6.0, 3
+    got = _call(delta_weight, A, B, alpha, r, what="delta_weight")
+    _diagnose(got, (alpha / r) * B @ A, {
+        "you forgot the scaling α/r.": B @ A,
+        "the scaling is α/r, not r/α.": (r / alpha) * B @ A,
+        "the scaling is α/r, not α alone.": alpha * B @ A,
+        "ΔW is transposed: it must be (d_out, d_in) = B @ A, not Aᵀ Bᵀ.": ((alpha / r) * B @ A).T,
+    }, "delta_weight")
+    return _ok("check_delta_weight")
+
+
+def check_lora_forward(lora_forward) -> bool:
+    """``lora_forward(x, W0, b0, A, B, alpha, r)`` must return x W₀ᵀ + b₀ + (α/r)·x Aᵀ Bᵀ, shape (N, d_out)."""
+    g = torch.Generator().manual_seed(1)
+    d = 6  # square W₀, so that a transposed W₀ gives a wrong value rather than a shape error
+    x, W0, b0 = torch.randn(4, d, generator=g), torch.randn(d, d, generator=g), torch.randn(d, generator=g)
+    A, B = _factors(d, d, 2, seed=2)
+    alpha, r = 4.0, 2
+    update = x @ A.T @ B.T
+    got = _call(lora_forward, x, W0, b0, A, B, alpha, r, what="lora_forward")
+    _diagnose(got, x @ W0.T + b0 + (alpha / r) * update, {
+        "you forgot the scaling α/r on the low-rank update.": x @ W0.T + b0 + update,
+        "you forgot the frozen path W₀x + b₀: LoRA adds to the pretrained layer, it does not replace it.": (alpha / r) * update,
+        "you forgot the bias b₀ of the frozen layer.": x @ W0.T + (alpha / r) * update,
+        "the frozen weight is applied untransposed: a Linear computes x W₀ᵀ.": x @ W0 + b0 + (alpha / r) * update,
+        "the scaling is α/r, not r/α.": x @ W0.T + b0 + (r / alpha) * update,
+    }, "lora_forward")
+    return _ok("check_lora_forward")
+
+
+def check_lora_layer(layer_cls) -> bool:
+    """``layer_cls(base, r, alpha)``: lora_A (r, d_in) random, lora_B (d_out, r) zeros, W₀ frozen, right forward."""
+    torch.manual_seed(0)
+    base = nn.Linear(7, 5)
+    reference_weight = base.weight.detach().clone()
+    try:
+        layer = layer_cls(base, 3, 6.0)
+    except NotImplementedError:
+        raise AssertionError("the layer is not implemented yet: replace `raise NotImplementedError()`.") from None
+    for name in ("lora_A", "lora_B"):
+        if not isinstance(getattr(layer, name, None), nn.Parameter):
+            raise AssertionError(f"the layer needs a trainable nn.Parameter named {name}.")
+    A, B = layer.lora_A, layer.lora_B
+    if tuple(A.shape) == (7, 3) or tuple(B.shape) == (3, 5):
+        raise AssertionError(f"a factor is transposed: lora_A must be (r, d_in) = (3, 7) and lora_B (d_out, r) = (5, 3); "
+                             f"got {tuple(A.shape)} and {tuple(B.shape)}.")
+    if tuple(A.shape) != (3, 7) or tuple(B.shape) != (5, 3):
+        raise AssertionError(f"lora_A must be (r, d_in) = (3, 7) and lora_B (d_out, r) = (5, 3); got {tuple(A.shape)} and {tuple(B.shape)}.")
+    if any(p.requires_grad for p in base.parameters()) or any(
+            p.requires_grad for n, p in layer.named_parameters() if not n.startswith("lora_")):
+        raise AssertionError("the pretrained weight W₀ (and bias) must be frozen: call base.requires_grad_(False).")
+    if not A.requires_grad or not B.requires_grad:
+        raise AssertionError("lora_A and lora_B must be trainable (requires_grad=True).")
+    if not torch.equal(B.detach(), torch.zeros_like(B)):
+        raise AssertionError("lora_B must start at zero, so that the adapted layer equals the pretrained one at step 0.")
+    if torch.equal(A.detach(), torch.zeros_like(A)):
+        raise AssertionError("lora_A must start random, not zero: with A = B = 0 the gradient of both factors is zero "
+                             "and training never starts.")
+    x = torch.randn(4, 7)
+    with torch.no_grad():
+        _diagnose(layer(x), base(x), {}, "the forward pass at initialisation (it must equal base(x))")
+        A.copy_(torch.randn_like(A))
+        B.copy_(torch.randn_like(B))
+        got = layer(x)
+    if not torch.equal(base.weight.detach(), reference_weight):
+        raise AssertionError("the layer changed W₀: LoRA leaves the pretrained weight untouched.")
+    update = x @ A.detach().T @ B.detach().T
+    _diagnose(got, base(x) + 2.0 * update, {
+        "you forgot the scaling α/r = 6/3 = 2.": base(x) + update,
+        "the scaling is α/r, not α.": base(x) + 6.0 * update,
+        "the scaling is α/r, not r/α.": base(x) + 0.5 * update,
+        "you forgot the frozen path base(x).": 2.0 * update,
+    }, "the forward pass")
+    return _ok("check_lora_layer")
+
+
+def check_merge(merge) -> bool:
+    """``merge(layer)`` takes a LoRALinear and returns a new ``nn.Linear`` with weight W₀ + ΔW (and the bias)."""
+    from .lora import LoRALinear
+
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(6, 6), r=2, alpha=4.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    before = copy.deepcopy(layer.state_dict())
+    merged = _call(merge, layer, what="merge")
+    changed = any(not torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    if changed or getattr(layer, "merged", False):
+        raise AssertionError("merge changed the adapted layer: build and return a new nn.Linear, leave the input alone.")
+    if not isinstance(merged, nn.Linear):
+        raise AssertionError(f"merge must return an nn.Linear, got {type(merged).__name__}.")
+    W0, b0, A, B = (layer.base.weight.detach(), layer.base.bias.detach(), layer.lora_A.detach(), layer.lora_B.detach())
+    _diagnose(merged.weight.detach(), W0 + 2.0 * B @ A, {
+        "you forgot the scaling α/r.": W0 + B @ A,
+        "ΔW is transposed: add B @ A (d_out, d_in), not its transpose.": W0 + 2.0 * (B @ A).T,
+        "the merged weight is only ΔW: add it to W₀.": 2.0 * B @ A,
+    }, "the merged weight")
+    if merged.bias is None or not torch.allclose(merged.bias.detach(), b0):
+        raise AssertionError("the merged layer lost the bias b₀: copy it over.")
+    x = torch.randn(3, 6)
+    with torch.no_grad():
+        _diagnose(merged(x), layer(x), {}, "merged(x) vs layer(x)")
+    return _ok("check_merge")
+
+
+def check_trainable_count(count_trainable) -> bool:
+    """``count_trainable(model)`` must return the number of trainable *elements* (LoRA factors + head)."""
+    from .lora import inject_lora
+
+    torch.manual_seed(0)
+    model = nn.Sequential()
+    model.add_module("layer", nn.ModuleList([nn.ModuleDict({"query": nn.Linear(8, 8), "value": nn.Linear(8, 8)}) for _ in range(2)]))
+    model.add_module("head", nn.Linear(8, 2))
+    inject_lora(model, ["query", "value"], r=2, alpha=4)
+    params = list(model.named_parameters())
+    expected = sum(p.numel() for _, p in params if p.requires_grad)
+    got = _call(count_trainable, model, what="count_trainable")
+    if isinstance(got, torch.Tensor):
+        got = got.item()
+    if got == expected:
+        return _ok("check_trainable_count")
+    mistakes = {
+        sum(p.numel() for _, p in params): "you counted every parameter; count only those with requires_grad=True.",
+        sum(1 for _, p in params if p.requires_grad): "you counted tensors, not elements: sum p.numel().",
+        sum(p.numel() for n, p in params if "lora_" in n): "you counted only the LoRA factors; the head is trainable too.",
+        sum(p.numel() for _, p in params if not p.requires_grad): "you counted the frozen parameters instead of the trainable ones.",
+    }
+    raise AssertionError(f"count_trainable returned {got}, expected {expected}: " + mistakes.get(got, "check which tensors you include."))

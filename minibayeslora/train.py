@@ -1,0 +1,242 @@
+"""One small, plain training loop used by every notebook, and a train-or-load cache.
+
+``fit`` minimises the mean loss over minibatches with AdamW:
+
+    θ ← AdamW(θ, ∇_θ mean_i ℓ(f_θ(x_i), y_i)),   ℓ = cross-entropy by default,
+
+evaluates on the validation set every ``eval_every`` steps and keeps the state with the lowest
+validation NLL (keep-best). Only trainable tensors (LoRA factors and head) are optimised, and the
+batches of a run depend only on ``TrainConfig.seed``.
+
+Data come as ``ClassificationData``: token batches (``TextData``) or, when the bottom layers are
+frozen, their cached outputs (``PrefixData``, see ``prefix_cache``): the loop does not care which.
+
+``fit(..., cache_key={...})`` stores the result as safetensors + JSON under
+``cache_dir()/adapters``, keyed by a hash of the key, the training config, the adapter's tensor
+names and shapes, the data and the package version; a later identical call loads it instead of
+training. Files are written atomically; an unreadable file is retrained with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import __version__, config
+from .lora import adapter_state, layer_index, load_adapter_state, lora_layers
+from .prefix_cache import prefix_features
+
+
+class ClassificationData:
+    """N examples: ``inputs(idx)`` -> model kwargs for rows ``idx``; ``labels`` (N,) LongTensor."""
+
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def inputs(self, idx) -> dict:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+
+class TextData(ClassificationData):
+    """Raw texts, tokenised per batch by the model's own tokenizer."""
+
+    def __init__(self, model, texts: list[str], labels: torch.Tensor):
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels.")
+        self.model, self.texts, self.labels = model, list(texts), torch.as_tensor(labels, dtype=torch.long)
+
+    def inputs(self, idx) -> dict:
+        return self.model.tokenize([self.texts[i] for i in torch.as_tensor(idx).reshape(-1).tolist()])
+
+    def fingerprint(self) -> str:
+        return _hash_texts(self.texts, self.labels)
+
+
+class PrefixData(ClassificationData):
+    """Texts whose frozen bottom layers ``0..start_layer-1`` were run once and cached."""
+
+    def __init__(self, model, texts: list[str], labels: torch.Tensor, start_layer: int):
+        if len(texts) != len(labels):
+            raise ValueError(f"{len(texts)} texts but {len(labels)} labels.")
+        self.features = prefix_features(model, texts, start_layer)
+        self.texts, self.labels, self.start_layer = list(texts), torch.as_tensor(labels, dtype=torch.long), start_layer
+
+    def inputs(self, idx) -> dict:
+        return self.features.batch(idx)
+
+    def fingerprint(self) -> str:
+        return _hash_texts(self.texts, self.labels) + f"@{self.start_layer}"
+
+
+def _hash_texts(texts, labels) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode() + b"\0")
+    h.update(labels.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def first_adapted_layer(model) -> int:
+    """Lowest block index holding a LoRA layer (the prefix below it is frozen)."""
+    indices = [layer_index(n) for n in lora_layers(model)]
+    if not indices or None in indices:
+        return 0
+    return min(indices)
+
+
+def make_data(model, split, use_prefix_cache: bool = True) -> ClassificationData:
+    """A split (``.texts``, ``.labels``) as training data; cached prefix where the model allows it."""
+    start = first_adapted_layer(model) if use_prefix_cache and hasattr(model, "run_layers") else 0
+    if start > 0:
+        return PrefixData(model, split.texts, split.labels, start)
+    return TextData(model, split.texts, split.labels)
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    eval_every: int = 50
+    max_grad_norm: float | None = 1.0
+    seed: int = 0
+    keep_best: bool = True
+
+
+@dataclass
+class History:
+    """``steps``/``train_loss`` per step; ``eval`` rows {step, val_nll, val_acc}; the kept step."""
+
+    train_loss: list[float] = field(default_factory=list)
+    eval: list[dict] = field(default_factory=list)
+    best_step: int = 0
+    seconds: float = 0.0
+    from_cache: bool = False
+
+    def to_json(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "from_cache"}
+
+
+def cross_entropy(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(model(**inputs), labels)
+
+
+@torch.no_grad()
+def predict_logits(model, data: ClassificationData, batch_size: int = 256) -> torch.Tensor:
+    """Logits (N, C) of the whole dataset, in eval mode."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(**data.inputs(torch.arange(i, min(i + batch_size, len(data)))))
+                     for i in range(0, len(data), batch_size)])
+    model.train(was_training)
+    return out.float()
+
+
+def evaluate(model, data: ClassificationData, batch_size: int = 256) -> dict:
+    """``{"nll": mean −log p(y|x), "acc": accuracy}`` on ``data``."""
+    logits = predict_logits(model, data, batch_size)
+    labels = data.labels.to(logits.device)
+    return {"nll": F.cross_entropy(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
+
+
+def fit(model, train_data: ClassificationData, val_data: ClassificationData | None = None,
+        cfg: TrainConfig | None = None, loss_fn: Callable = cross_entropy, cache_key: dict | None = None,
+        progress: bool = True) -> History:
+    """Train the model's trainable tensors; return the History. See the module docstring."""
+    cfg = cfg or TrainConfig()
+    if cfg.steps < 1 or cfg.batch_size < 1:
+        raise ValueError(f"steps and batch_size must be positive, got {cfg.steps} and {cfg.batch_size}.")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable tensors: inject LoRA (or unfreeze the head) first.")
+    path = None
+    if cache_key is not None:
+        path = _cache_path(model, train_data, val_data, cfg, cache_key)
+        cached = _load(path, model)
+        if cached is not None:
+            return cached
+
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history, best_nll, best_state = History(), float("inf"), None
+    start, order = time.perf_counter(), torch.empty(0, dtype=torch.long)
+    model.train()
+    bar = tqdm(range(1, cfg.steps + 1), desc="training", disable=not progress, leave=False)
+    for step in bar:
+        if len(order) < cfg.batch_size:  # a fresh permutation per epoch; no partial batches
+            order = torch.cat([order, torch.randperm(len(train_data), generator=generator)])
+        idx, order = order[:cfg.batch_size], order[cfg.batch_size:]
+        loss = loss_fn(model, train_data.inputs(idx), train_data.labels[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        optimizer.step()
+        history.train_loss.append(loss.item())
+        if val_data is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
+            metrics = evaluate(model, val_data)
+            history.eval.append({"step": step, "val_nll": metrics["nll"], "val_acc": metrics["acc"]})
+            bar.set_postfix(val_nll=f"{metrics['nll']:.3f}", val_acc=f"{metrics['acc']:.3f}")
+            if metrics["nll"] < best_nll:
+                best_nll, best_state, history.best_step = metrics["nll"], adapter_state(model), step
+            model.train()
+    if cfg.keep_best and best_state is not None:
+        load_adapter_state(model, best_state)
+    else:
+        history.best_step = cfg.steps
+    model.eval()
+    history.seconds = time.perf_counter() - start
+    if path is not None:
+        _save(path, model, history)
+    return history
+
+
+# ---- train-or-load cache --------------------------------------------------------------------------
+
+def _cache_path(model, train_data, val_data, cfg: TrainConfig, cache_key: dict):
+    shapes = {name: list(t.shape) for name, t in adapter_state(model).items()}
+    key = {"key": cache_key, "config": dataclasses.asdict(cfg), "adapter": shapes, "version": __version__,
+           "train": train_data.fingerprint(), "val": val_data.fingerprint() if val_data is not None else None}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return config.cache_dir("adapters") / digest
+
+
+def _load(path, model) -> History | None:
+    weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not (weights.exists() and meta.exists()):
+        return None
+    try:
+        state = load_file(str(weights))
+        history = History(**json.loads(meta.read_text())["history"], from_cache=True)
+        load_adapter_state(model, state)
+    except Exception as err:
+        warnings.warn(f"cached adapter {weights.name} is unreadable ({type(err).__name__}: {err}); retraining.")
+        return None
+    model.eval()
+    return history
+
+
+def _save(path, model, history: History) -> None:
+    weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    suffix = f".tmp{os.getpid()}"
+    save_file({k: v.contiguous().cpu() for k, v in adapter_state(model).items()}, str(weights) + suffix)
+    os.replace(str(weights) + suffix, weights)
+    (meta.parent / (meta.name + suffix)).write_text(json.dumps({"history": history.to_json()}, indent=1))
+    os.replace(meta.parent / (meta.name + suffix), meta)

@@ -1,0 +1,100 @@
+import json
+
+import pytest
+import torch
+
+from minibayeslora import train
+from minibayeslora.lora import adapter_state, inject_lora
+from minibayeslora.train import TextData, TrainConfig, evaluate, fit, make_data
+
+
+@pytest.fixture
+def adapted(minilm_fresh):
+    inject_lora(minilm_fresh, ["query", "value"], r=4, alpha=8, layers=[4, 5])
+    return minilm_fresh
+
+
+@pytest.fixture(scope="module")
+def small(task):
+    return task.train.subset(96, seed=0), task.val.subset(64, seed=0)
+
+
+def _fresh_adapted():
+    from minibayeslora.backbones import load_backbone
+
+    torch.manual_seed(0)
+    model = load_backbone("minilm")
+    inject_lora(model, ["query", "value"], r=4, alpha=8, layers=[4, 5])
+    return model
+
+
+def test_make_data_uses_the_prefix_cache_below_the_first_adapted_layer(adapted, small, isolated_cache):
+    data = make_data(adapted, small[0])
+    assert isinstance(data, train.PrefixData) and data.start_layer == 4
+    idx = torch.tensor([3, 1, 4, 1, 5])
+    plain = TextData(adapted, small[0].texts, small[0].labels)
+    with torch.no_grad():
+        torch.testing.assert_close(adapted(**data.inputs(idx)), adapted(**plain.inputs(idx)), atol=1e-5, rtol=1e-5)
+    assert isinstance(make_data(adapted, small[0], use_prefix_cache=False), TextData)
+
+
+def test_fit_learns_and_keeps_the_best_val_state(small, isolated_cache):
+    model = _fresh_adapted()
+    tr, va = make_data(model, small[0]), make_data(model, small[1])
+    before = evaluate(model, tr)
+    history = fit(model, tr, va, TrainConfig(steps=24, batch_size=16, lr=3e-3, eval_every=6), progress=False)
+    assert len(history.train_loss) == 24 and [e["step"] for e in history.eval] == [6, 12, 18, 24]
+    assert evaluate(model, tr)["nll"] < before["nll"] - 0.05, "training did not lower the train NLL"
+    best = min(history.eval, key=lambda e: e["val_nll"])
+    assert history.best_step == best["step"]
+    assert evaluate(model, va)["nll"] == pytest.approx(best["val_nll"], abs=1e-5), "the kept state is not the best one"
+
+
+def test_seeded_runs_are_identical(small, isolated_cache):
+    states = []
+    for _ in range(2):
+        model = _fresh_adapted()
+        fit(model, make_data(model, small[0]), None, TrainConfig(steps=6, batch_size=16, seed=7), progress=False)
+        states.append(adapter_state(model))
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    model = _fresh_adapted()
+    fit(model, make_data(model, small[0]), None, TrainConfig(steps=6, batch_size=16, seed=8), progress=False)
+    assert any(not torch.equal(states[0][k], v) for k, v in adapter_state(model).items())
+
+
+def test_train_or_load_cache(small, isolated_cache):
+    cfg = TrainConfig(steps=6, batch_size=16, eval_every=3)
+    key = {"backbone": "minilm", "r": 4, "seed": 0}
+    model = _fresh_adapted()
+    first = fit(model, make_data(model, small[0]), make_data(model, small[1]), cfg, cache_key=key, progress=False)
+    state = adapter_state(model)
+    files = sorted(p.suffix for p in (isolated_cache / "adapters").iterdir())
+    assert files == [".json", ".safetensors"], files
+    assert not first.from_cache
+
+    model = _fresh_adapted()
+    second = fit(model, make_data(model, small[0]), make_data(model, small[1]), cfg, cache_key=key, progress=False)
+    assert second.from_cache and second.eval == first.eval and second.train_loss == first.train_loss
+    assert all(torch.equal(state[k], v) for k, v in adapter_state(model).items())
+    meta = json.loads(next((isolated_cache / "adapters").glob("*.json")).read_text())
+    assert meta["history"]["best_step"] == first.best_step
+
+    model = _fresh_adapted()
+    other = fit(model, make_data(model, small[0]), make_data(model, small[1]), TrainConfig(steps=7, batch_size=16, eval_every=3),
+                cache_key=key, progress=False)
+    assert not other.from_cache, "a different training config must not hit the cache"
+
+    for path in (isolated_cache / "adapters").glob("*.safetensors"):
+        path.write_bytes(b"\x00garbage")
+    model = _fresh_adapted()
+    with pytest.warns(UserWarning, match="unreadable.*retraining"):
+        again = fit(model, make_data(model, small[0]), make_data(model, small[1]), cfg, cache_key=key, progress=False)
+    assert not again.from_cache
+    assert all(torch.equal(state[k], v) for k, v in adapter_state(model).items()), "retraining is seeded"
+    assert not list((isolated_cache / "adapters").glob("*.tmp*"))
+
+
+def test_fit_rejects_a_model_without_trainable_tensors(minilm_fresh, small):
+    minilm_fresh.requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable tensors"):
+        fit(minilm_fresh, TextData(minilm_fresh, small[0].texts, small[0].labels), progress=False)
