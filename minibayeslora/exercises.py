@@ -74,7 +74,7 @@ def _top_level_stub(source: str) -> bool:
 
 def _ipython_free(source: str) -> str:
     """Source with IPython magics/shell lines blanked, so ``ast`` can parse it."""
-    return "\n".join("" if re.match(r"\s*[!%]", line) else line for line in source.splitlines())
+    return "\n".join(re.sub(r"^(\s*)[!%].*$", r"\1pass", line) for line in source.splitlines())
 
 
 def _names(source: str) -> tuple[set[str], set[str]]:

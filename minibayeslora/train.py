@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import time
 import warnings
@@ -118,6 +119,19 @@ class TrainConfig:
     max_grad_norm: float | None = 1.0
     seed: int = 0
     keep_best: bool = True
+    warmup_steps: int = 0
+    schedule: str = "constant"  # or "cosine": lr decays to 0 along a half cosine after the warm-up
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of ``lr`` at optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        if self.schedule == "cosine":
+            progress = (step - self.warmup_steps) / max(1, self.steps - self.warmup_steps)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+        raise ValueError(f"schedule must be 'constant' or 'cosine', got {self.schedule!r}.")
 
 
 @dataclass
@@ -174,7 +188,9 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
             return cached
 
     generator = torch.Generator().manual_seed(cfg.seed)
+    cfg.lr_factor(0)  # validates the schedule before any work
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     history, best_nll, best_state = History(), float("inf"), None
     start, order = time.perf_counter(), torch.empty(0, dtype=torch.long)
     model.train()
@@ -189,6 +205,7 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
         if cfg.max_grad_norm:
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         optimizer.step()
+        scheduler.step()
         history.train_loss.append(loss.item())
         if val_data is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics = evaluate(model, val_data)
