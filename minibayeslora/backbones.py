@@ -14,6 +14,7 @@ otherwise fails with one sentence naming the embedded alternatives.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import warnings
@@ -39,7 +40,8 @@ def quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", message=r"MatMul8bitLt: inputs will be cast")
+    # bitsandbytes logs "MatMul8bitLt: inputs will be cast ..." at every 8-bit matmul
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
 class SentenceClassifier(nn.Module):

@@ -76,7 +76,7 @@ def test_long_reviews_keep_the_end_of_the_prompt(smollm2):
 
 
 @pytest.mark.parametrize("quantization", ["4bit", "8bit"])
-def test_quantized_minilm_forward_and_train_after_eval(quantization, minilm):
+def test_quantized_minilm_forward_and_train_after_eval(quantization, minilm, caplog):
     import bitsandbytes as bnb
 
     model = load_backbone("minilm", quantization=quantization)
@@ -99,6 +99,7 @@ def test_quantized_minilm_forward_and_train_after_eval(quantization, minilm):
     torch.nn.functional.cross_entropy(out, torch.tensor([1, 0, 1])).backward()
     assert torch.isfinite(hidden.grad).all() and hidden.grad.abs().sum() > 0
     assert torch.isfinite(model.head.weight.grad).all()
+    assert not [r for r in caplog.records if "MatMul8bitLt" in r.getMessage()], "bitsandbytes' per-matmul log is not silenced"
 
 
 def test_offline_hub_id_fails_with_one_sentence():
