@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
-import time
 
 import torch
 
-from minibayeslora import config, data
+from common import fixed_batch, interleaved_medians, training_step
+from minibayeslora import config
 from minibayeslora.backbones import load_backbone
-from minibayeslora.lora import adapter_state_to_peft, adapter_state, inject_lora, peft_config_for
+from minibayeslora.lora import adapter_state, adapter_state_to_peft, inject_lora, peft_config_for
 
 
 def main() -> None:
@@ -37,35 +36,15 @@ def main() -> None:
     inject_lora(ours, ["query", "value"], r=8, alpha=16, layers=[3, 4, 5])
     theirs = get_peft_model(pristine, peft_config_for(ours))
     set_peft_model_state_dict(theirs, adapter_state_to_peft(adapter_state(ours)))
-    ours.train(), theirs.train()
-
-    texts = data.load_task().train.texts[: args.batch]
-    batch = ours.tokenizer(texts, padding="max_length", truncation=True, max_length=args.length, return_tensors="pt")
-    batch = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-    labels = torch.randint(0, 2, (args.batch,))
-    runs = {}
-    for name, model in (("ours", ours), ("peft", theirs)):
+    batch, labels = fixed_batch(ours, args.batch, args.length)
+    steps = {}
+    for name, model in (("ours", ours.train()), ("peft", theirs.train())):
         params = [p for p in model.parameters() if p.requires_grad]
-        runs[name] = (model, torch.optim.AdamW(params, lr=1e-4), params)
-    assert sum(p.numel() for p in runs["ours"][2]) == sum(p.numel() for p in runs["peft"][2]), "different trainable sets"
+        steps[name] = training_step(model, torch.optim.AdamW(params, lr=1e-4), batch, labels)
+    n_ours, n_peft = (sum(p.numel() for p in m.parameters() if p.requires_grad) for m in (ours, theirs))
+    assert n_ours == n_peft, f"different trainable sets: {n_ours} vs {n_peft}"
 
-    def step(name: str) -> float:
-        model, optimizer, _ = runs[name]
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(**batch), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - t0
-
-    for _ in range(3):  # warm-up
-        step("ours"), step("peft")
-    times = {"ours": [], "peft": []}
-    for i in range(args.repeats):
-        order = ("ours", "peft") if i % 2 == 0 else ("peft", "ours")  # alternate who goes first
-        for name in order:
-            times[name].append(step(name))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = interleaved_medians(steps, args.repeats)
     print(f"MiniLM + LoRA r=8 on q/v of layers 3-5 + head; batch {args.batch}, length {args.length}; "
           f"{args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
     print(f"ours: {med['ours'] * 1000:.1f} ms/step (median)")

@@ -1,23 +1,21 @@
 """Step time of MiniLM training with and without the prefix cache, measured in one run.
 
 Trainable: the query/value weights of the top 3 layers and the head (the cpu profile's adapter
-placement; the LoRA factors themselves arrive with notebook 01). A step is forward + backward +
-AdamW update at batch 32, length 48. Uncached steps run all 6 layers from token ids; cached
-steps enter at layer 3 with precomputed hidden states. The two are interleaved and we report
-medians and the ratio uncached / cached (> 1 means the cache is faster).
+placement). A step is forward + backward + AdamW update at batch 32, length 48. Uncached steps
+run all 6 layers from token ids; cached steps enter at layer 3 with precomputed hidden states.
+The two alternate; we report medians and the ratio uncached / cached (> 1: the cache is faster).
 
-    python bench/prefix_cache.py [--repeats 15] [--batch 32] [--length 48]
+    python bench/prefix_cache.py [--repeats 15] [--batch 32] [--length 48] [--top 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
-from minibayeslora import config, data
+from common import fixed_batch, interleaved_medians, training_step
+from minibayeslora import config
 from minibayeslora.backbones import load_backbone
 
 
@@ -35,33 +33,15 @@ def main() -> None:
     trainable = [model.head.weight, model.head.bias]
     for layer in model.layers[start:]:
         for lin in (layer.attention.self.query, layer.attention.self.value):
-            lin.weight.requires_grad_(True)
-            trainable.append(lin.weight)
+            trainable.append(lin.weight.requires_grad_(True))
     optimizer = torch.optim.AdamW(trainable, lr=1e-5)
 
-    texts = data.load_task().train.texts[: args.batch]
-    enc = model.tokenizer(texts, padding="max_length", truncation=True, max_length=args.length, return_tensors="pt")
-    labels = torch.randint(0, 2, (args.batch,))
+    batch, labels = fixed_batch(model, args.batch, args.length)
     with torch.no_grad():
-        prefix = model.run_layers(model.embed(enc["input_ids"]), enc["attention_mask"], 0, start)
-    uncached = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
-    cached = {"prefix_hidden": prefix, "attention_mask": enc["attention_mask"], "start_layer": start}
-
-    def step(batch) -> float:
-        t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(**batch), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - t0
-
-    for _ in range(3):  # warm-up
-        step(uncached), step(cached)
-    times = {"uncached": [], "cached": []}
-    for _ in range(args.repeats):
-        times["uncached"].append(step(uncached))
-        times["cached"].append(step(cached))
-    med = {k: statistics.median(v) for k, v in times.items()}
+        prefix = model.run_layers(model.embed(batch["input_ids"]), batch["attention_mask"], 0, start)
+    cached = {"prefix_hidden": prefix, "attention_mask": batch["attention_mask"], "start_layer": start}
+    med = interleaved_medians({"uncached": training_step(model, optimizer, batch, labels),
+                               "cached": training_step(model, optimizer, cached, labels)}, args.repeats)
     print(f"MiniLM, top {args.top} layers trainable, batch {args.batch}, length {args.length}, "
           f"{args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
     print(f"uncached step: {med['uncached']:.3f} s (median)")
