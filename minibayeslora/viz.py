@@ -35,6 +35,7 @@ def plot_rank_sweep(table):
     left.set(xscale="log", xlabel="rank r", ylabel="test accuracy", title="Accuracy vs rank")
     right.plot(table["r"], table["train s"], "o-", color="tab:orange")
     right.set(xscale="log", xlabel="rank r", ylabel="seconds", title="Training time vs rank")
+    right.set_ylim(bottom=0)  # from zero: small differences must look small
     for ax in (left, right):
         ax.set_xticks(list(table["r"]), [str(r) for r in table["r"]])
     fig.tight_layout()

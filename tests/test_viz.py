@@ -15,6 +15,7 @@ def test_plot_rank_sweep_draws_the_table():
     left, right = fig.axes
     np.testing.assert_allclose(left.lines[0].get_ydata(), table["test acc"])
     np.testing.assert_allclose(right.lines[0].get_xdata(), table["r"])
+    assert right.get_ylim()[0] == 0
     with pytest.raises(KeyError, match="train s"):
         viz.plot_rank_sweep(table.drop(columns="train s"))
 
