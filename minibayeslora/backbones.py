@@ -244,12 +244,13 @@ def _from_hub(loader, name: str, **kwargs):
         return loader(name, **kwargs)
     with contextlib.suppress(Exception):
         return loader(name, local_files_only=True, **kwargs)
-    reason = "the Hugging Face Hub cannot be reached from here" if not _hub_reachable() else "it was not found on the Hub"
-    if reason.startswith("it"):
+    if _hub_reachable():
         try:
             return loader(name, **kwargs)
         except Exception:
-            pass
+            reason = "it was not found on the Hugging Face Hub (or needs a login)"
+    else:
+        reason = "the Hugging Face Hub cannot be reached from here"
     raise BackboneUnavailableError(
         f"Cannot load backbone {name!r}: {reason}; use an embedded backbone instead, "
         f"load_backbone('minilm') or load_backbone('smollm2')."

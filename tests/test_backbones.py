@@ -117,3 +117,15 @@ def test_bad_arguments_are_clear():
         load_backbone("minilm", quantization="3bit")
     with pytest.raises(ValueError, match="name must be"):
         load_backbone("")
+
+
+def test_hub_id_that_fails_online_is_one_sentence_too(monkeypatch):
+    from minibayeslora import backbones
+
+    def loader(name, **kwargs):
+        raise OSError(f"{name} is not a repository\nwith a long traceback")
+
+    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: True)
+    with pytest.raises(BackboneUnavailableError, match="not found on the Hugging Face Hub") as info:
+        backbones._from_hub(loader, "nobody/nothing")
+    assert "\n" not in str(info.value) and info.value.__context__ is None
