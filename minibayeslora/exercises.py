@@ -10,9 +10,9 @@ Rules, for ``solutions/NN_name_solutions.ipynb`` -> ``exercises/NN_name_exercise
 - the lines from ``### BEGIN HIDDEN TESTS`` to ``### END HIDDEN TESTS`` are removed;
 - markdown lines ending in ``<!-- solutions only -->`` are removed;
 - outputs and execution counts are cleared, the kernelspec is normalised;
-- every cell that will raise in the stub notebook is tagged ``raises-exception`` (so nbval
-  accepts it): a cell whose stub runs at top level, and a cell that uses a name defined by a
-  stubbed or already-tagged cell (found with ``ast``, transitively).
+- every stub cell, and every cell that uses a name defined by a stub cell or by an already
+  tagged cell (found with ``ast``, transitively), is tagged ``raises-exception``, so nbval
+  accepts the ``NotImplementedError`` it raises (a tagged cell that runs cleanly passes too).
 
 The output is deterministic: the same solutions give byte-identical exercises.
 """
@@ -60,18 +60,6 @@ def strip_code(source: str) -> tuple[str, bool]:
     return "\n".join(out).rstrip() + ("\n" if source.endswith("\n") else ""), had_solution
 
 
-def _top_level_stub(source: str) -> bool:
-    """Does the stub run when the cell runs (not only inside a function/class body)?"""
-    tree = ast.parse(_ipython_free(source))
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            continue
-        if any(isinstance(n, ast.Raise) and isinstance(n.exc, ast.Call) and getattr(n.exc.func, "id", "") == "NotImplementedError"
-               for n in ast.walk(node)):
-            return True
-    return False
-
-
 def _ipython_free(source: str) -> str:
     """Source with IPython magics/shell lines blanked, so ``ast`` can parse it."""
     return "\n".join(re.sub(r"^(\s*)[!%].*$", r"\1pass", line) for line in source.splitlines())
@@ -103,8 +91,8 @@ def make_exercise(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
             cell.source, had_solution = strip_code(cell.source)
             cell.outputs, cell.execution_count = [], None
             defined, used = _names(cell.source)
-            raises = (had_solution and _top_level_stub(cell.source)) or bool(used & tainted)
-            if had_solution or raises:
+            raises = had_solution or bool(used & tainted)
+            if raises:
                 tainted |= defined
             if raises:
                 tags.append(RAISES)

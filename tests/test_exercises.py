@@ -56,7 +56,7 @@ def test_each_exercise_has_a_header_a_stub_and_a_check(solution):
     stubs = [c for c in ex.cells if c.cell_type == "code" and exercises.STUB in c.source]
     checks = [c for c in ex.cells if c.cell_type == "code" and "checks.check_" in c.source]
     assert len(stubs) >= len(headers) and len(checks) >= len(headers)
-    assert all(exercises.RAISES in c.metadata.get("tags", []) for c in checks), "check cells must be tagged for nbval"
+    assert all(exercises.RAISES in c.metadata.get("tags", []) for c in stubs + checks), "stub and check cells must be tagged for nbval"
     setup = ex.cells[1]
     assert "google.colab" in setup.source and "tags" not in setup.metadata, "the setup cell must run for real"
 
@@ -85,7 +85,7 @@ def test_tags_follow_the_stubbed_names_transitively():
     ])
     out = exercises.make_exercise(nb)
     tags = [exercises.RAISES in c.metadata.get("tags", []) for c in out.cells]
-    assert tags == [False, False, True, True, False, True, False]
+    assert tags == [False, True, True, True, False, True, False]
     assert out.cells[-1].source == "Question?"
     first = nbformat.writes(out)
     assert nbformat.writes(exercises.make_exercise(nb)) == first, "generation must be deterministic"
