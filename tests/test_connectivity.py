@@ -1,0 +1,54 @@
+import pytest
+import torch
+
+from minibayeslora.connectivity import align_to, balanced_factors, barrier, gauge_transform, lerp_states
+
+
+def test_lerp_states_ends_and_middle():
+    a, b = {"x": torch.zeros(2), "y": torch.ones(3)}, {"x": torch.full((2,), 4.0), "y": torch.zeros(3)}
+    assert torch.equal(lerp_states(a, b, 0)["x"], a["x"]) and torch.equal(lerp_states(a, b, 1)["y"], b["y"])
+    torch.testing.assert_close(lerp_states(a, b, 0.25)["x"], torch.full((2,), 1.0))
+    with pytest.raises(KeyError):
+        lerp_states(a, {"x": torch.zeros(2)}, 0.5)
+
+
+def test_barrier_closed_form():
+    ts = torch.linspace(0, 1, 21)
+    # L(t) = 1 + 2t + 4 t(1 − t): the chord is 1 + 2t, the excess 4t(1 − t) peaks at 1 when t = 1/2
+    assert barrier(ts, 1 + 2 * ts + 4 * ts * (1 - ts)) == [pytest.approx(1.0)]
+    assert barrier(ts, 1 + 2 * ts) == [pytest.approx(0.0, abs=1e-6)]
+    # two segments, each with its own bump: heights 0.25 (at t = 1/4) and 0.125 (at t = 3/4)
+    bump = torch.where(ts <= 0.5, 2 * ts * (1 - 2 * ts), 0.5 * (2 * ts - 1) * (2 - 2 * ts))
+    first, second = barrier(ts, bump, segments=2)
+    assert first == pytest.approx(0.25) and second == pytest.approx(0.125)
+    with pytest.raises(ValueError):
+        barrier(torch.linspace(0, 1, 4), torch.zeros(4), segments=2)
+
+
+def test_gauge_transform_keeps_the_product():
+    g = torch.Generator().manual_seed(0)
+    A, B, G = torch.randn(4, 9, generator=g), torch.randn(7, 4, generator=g), torch.randn(4, 4, generator=g)
+    A2, B2 = gauge_transform(A, B, G)
+    torch.testing.assert_close(B2 @ A2, B @ A, atol=1e-4, rtol=1e-4)
+    assert (A2 - A).abs().max() > 0.1, "the factors themselves change"
+
+
+def test_balanced_factors():
+    g = torch.Generator().manual_seed(1)
+    A, B = torch.randn(3, 8, generator=g), torch.randn(6, 3, generator=g)
+    Ab, Bb = balanced_factors(B @ A, 3)
+    torch.testing.assert_close(Bb @ Ab, B @ A, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(Ab @ Ab.T, Bb.T @ Bb, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(Ab @ Ab.T, torch.diag(torch.diag(Ab @ Ab.T)), atol=1e-4, rtol=1e-4)
+
+
+def test_alignment_undoes_a_random_gauge():
+    g = torch.Generator().manual_seed(2)
+    A, B = torch.randn(4, 10, generator=g), torch.randn(6, 4, generator=g)
+    G = torch.randn(4, 4, generator=g)
+    A2, B2 = gauge_transform(A, B, G)
+    assert (A2 - A).norm() / A.norm() > 0.3
+    ref_A, ref_B = balanced_factors(B @ A, 4)
+    al_A, al_B = align_to(A, B, A2, B2)
+    torch.testing.assert_close(al_A, ref_A, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(al_B @ al_A, B @ A, atol=1e-3, rtol=1e-3)
