@@ -1,0 +1,67 @@
+import torch
+
+from minibayeslora.curve_training import CurveLoss, CurveModel
+from minibayeslora.curves import BezierChain
+from minibayeslora.lora import adapter_state, inject_lora
+from minibayeslora.train import TrainConfig, evaluate, fit, make_data
+
+
+def _anchors(model, seeds=(0, 1)):
+    states = []
+    for seed in seeds:
+        g = torch.Generator().manual_seed(seed)
+        states.append({k: v + 0.05 * torch.randn(v.shape, generator=g) for k, v in adapter_state(model).items()})
+    return states
+
+
+def test_curve_points_equal_the_model_with_that_state_loaded(minilm_fresh, task):
+    model = minilm_fresh
+    inject_lora(model, ["query", "value"], r=2, alpha=4, layers=[5])
+    a, b = _anchors(model)
+    curve = CurveModel(model, BezierChain([a, b]))
+    batch = model.tokenize(task.val.texts[:4])
+    with torch.no_grad():
+        at_end = curve.logits_at(1.0, **batch)
+        for name, value in b.items():  # load θ(1) = b by hand (the model's own tensors are frozen now)
+            model.get_parameter(name).copy_(value)
+        torch.testing.assert_close(at_end, model(**batch))
+        bma = curve(**batch)
+    assert torch.allclose(bma.exp().sum(-1), torch.ones(4), atol=1e-5), "forward returns log-probabilities"
+    assert {n for n, p in curve.named_parameters() if p.requires_grad} == {f"chain.interior_{i}" for i in range(len(a))}
+
+
+def test_training_the_curve_moves_only_its_interior(minilm_fresh, task, isolated_cache):
+    model = minilm_fresh
+    inject_lora(model, ["query", "value"], r=2, alpha=4, layers=[5])
+    a, b = _anchors(model)
+    chain = BezierChain([a, b], degree=2)
+    curve = CurveModel(model, chain)
+    train_data = make_data(model, task.train.subset(64, seed=0))
+    mid_before = {k: v.clone() for k, v in chain.point(0.5).items()}
+    calls = []
+
+    def extra(curve_model, logits, labels, ts):
+        calls.append(len(logits))
+        return 0.0 * logits[0].sum()
+
+    before = evaluate(curve, train_data)["nll"]
+    fit(curve, train_data, None, TrainConfig(steps=6, batch_size=16, lr=1e-2, seed=0),
+        loss_fn=CurveLoss(n_t=2, extra=extra), progress=False)
+    assert calls == [2] * 6, "the extra term sees the T = 2 logits of every step"
+    assert evaluate(curve, train_data)["nll"] < before
+    for k in a:  # anchored: the ends do not move, the middle does
+        torch.testing.assert_close(chain.point(0.0)[k], a[k])
+        torch.testing.assert_close(chain.point(1.0)[k], b[k])
+    assert any((chain.point(0.5)[k] - mid_before[k]).abs().max() > 1e-4 for k in a)
+
+
+def test_perturbation_hook_is_applied(minilm_fresh, task):
+    model = minilm_fresh
+    inject_lora(model, ["query", "value"], r=2, alpha=4, layers=[5])
+    curve = CurveModel(model, BezierChain(_anchors(model)))
+    batch = model.tokenize(task.val.texts[:4])
+    labels = torch.tensor([0, 1, 0, 1])
+    plain = CurveLoss(seed=3)(curve, batch, labels)
+    zeroed = CurveLoss(seed=3, perturb=lambda state, t: {k: torch.zeros_like(v) for k, v in state.items()})(curve, batch, labels)
+    assert abs(plain.item() - zeroed.item()) > 1e-4
+    torch.testing.assert_close(zeroed, torch.log(torch.tensor(2.0)), atol=1e-5, rtol=0)  # zero head: uniform prediction
