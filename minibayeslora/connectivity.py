@@ -77,3 +77,43 @@ def align_to(A_ref: torch.Tensor, B_ref: torch.Tensor, A: torch.Tensor, B: torch
     signs = torch.sign(similarity[torch.arange(r), torch.tensor(order)])
     signs[signs == 0] = 1
     return signs[:, None] * A[order], B[:, order] * signs[None, :]
+
+
+def delta_space_state(model: torch.nn.Module, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],
+                      t: float) -> dict[str, torch.Tensor]:
+    """A ``functional_call`` state for the straight line in ΔW space, ΔW(t) = (1 − t) ΔW_a + t ΔW_b.
+
+    ΔW(t) generally has rank up to 2r, so it cannot be written as rank-r factors: the state puts
+    W₀ + ΔW(t) into each adapted layer's base weight and zeroes its B; other tensors (the head)
+    are interpolated as in factor space.
+    """
+    from .lora import lora_layers
+
+    state = lerp_states(a, b, t)
+    for name, layer in lora_layers(model).items():
+        delta = [layer.scaling * (s[f"{name}.lora_B"] @ s[f"{name}.lora_A"]) for s in (a, b)]
+        state[f"{name}.base.weight"] = layer.base.weight.detach() + torch.lerp(delta[0], delta[1], float(t))
+        state[f"{name}.lora_B"] = torch.zeros_like(state[f"{name}.lora_B"])
+    return state
+
+
+@torch.no_grad()
+def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 256) -> dict[str, list[float]]:
+    """Loss (mean NLL) and accuracy of ``model`` at ``state_at(t)`` for each t, on a ClassificationData.
+
+    ``state_at(t)`` returns a dict of tensors that replace the model's own (``functional_call``).
+    """
+    import torch.nn.functional as F
+    from torch.func import functional_call
+
+    was_training = model.training
+    model.eval()
+    nll, acc = [], []
+    for t in ts:
+        state = state_at(float(t))
+        logits = torch.cat([functional_call(model, state, args=(), kwargs=data.inputs(torch.arange(i, min(i + batch_size, len(data)))),
+                                            strict=False) for i in range(0, len(data), batch_size)])
+        nll.append(F.cross_entropy(logits, data.labels).item())
+        acc.append((logits.argmax(1) == data.labels).float().mean().item())
+    model.train(was_training)
+    return {"t": [float(t) for t in ts], "nll": nll, "acc": acc}

@@ -52,3 +52,34 @@ def test_alignment_undoes_a_random_gauge():
     al_A, al_B = align_to(A, B, A2, B2)
     torch.testing.assert_close(al_A, ref_A, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(al_B @ al_A, B @ A, atol=1e-3, rtol=1e-3)
+
+
+def test_delta_space_path_and_path_evaluation(minilm_fresh, task):
+    from minibayeslora.connectivity import delta_space_state, evaluate_path
+    from minibayeslora.lora import adapter_state, inject_lora, load_adapter_state
+    from minibayeslora.train import evaluate, make_data
+
+    model = minilm_fresh
+    inject_lora(model, ["query", "value"], r=2, alpha=4, layers=[4, 5])
+    states = []
+    for seed in (0, 1):
+        g = torch.Generator().manual_seed(seed)
+        states.append({k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in adapter_state(model).items()})
+    val = make_data(model, task.val.subset(40, seed=0))
+
+    # at the ends, both paths are the adapters themselves (checked against loading them for real)
+    factor = evaluate_path(model, lambda t: lerp_states(states[0], states[1], t), val, [0.0, 0.5, 1.0])
+    delta = evaluate_path(model, lambda t: delta_space_state(model, states[0], states[1], t), val, [0.0, 0.5, 1.0])
+    for end, i in ((0, 0), (1, -1)):
+        load_adapter_state(model, states[end])
+        reference = evaluate(model, val)
+        assert factor["nll"][i] == pytest.approx(reference["nll"], abs=1e-5)
+        assert delta["nll"][i] == pytest.approx(reference["nll"], abs=1e-5)
+    assert abs(factor["nll"][1] - delta["nll"][1]) > 1e-6, "the two paths differ in the middle"
+
+    # the middle of the ΔW path has ΔW(½) = (ΔW_a + ΔW_b)/2: check one layer by brute force
+    name = "encoder.encoder.layer.5.attention.self.query"
+    mid = delta_space_state(model, states[0], states[1], 0.5)
+    layer = model.get_submodule(name)
+    expected = layer.base.weight + 0.5 * layer.scaling * sum(s[f"{name}.lora_B"] @ s[f"{name}.lora_A"] for s in states)
+    torch.testing.assert_close(mid[f"{name}.base.weight"], expected)
