@@ -129,3 +129,18 @@ def test_hub_id_that_fails_online_is_one_sentence_too(monkeypatch):
     with pytest.raises(BackboneUnavailableError, match="not found on the Hugging Face Hub") as info:
         backbones._from_hub(loader, "nobody/nothing")
     assert "\n" not in str(info.value) and info.value.__context__ is None
+
+
+@pytest.mark.parametrize("quantization", ["4bit", "8bit"])
+def test_quantized_smollm2_forward(quantization, smollm2):
+    import bitsandbytes as bnb
+
+    model = load_backbone("smollm2", quantization=quantization)
+    quantized = [m for m in model.modules() if isinstance(m, (bnb.nn.Linear4bit, bnb.nn.Linear8bitLt))]
+    assert len(quantized) == 30 * 7, "q/k/v/o and the 3 MLP projections of all 30 layers"
+    assert isinstance(model.lm.lm_head, torch.nn.Linear) and not isinstance(model.lm.lm_head, type(quantized[0]))
+    batch = model.tokenize(TEXTS)
+    with torch.no_grad():
+        logits, exact = model(**batch), smollm2(**batch)
+    assert logits.shape == (3, 2) and torch.isfinite(logits).all()
+    assert (logits - exact).abs().max() < 3.0, "quantized label logits far from full precision"
