@@ -14,36 +14,7 @@ import copy
 import torch
 from torch import nn
 
-
-def _ok(name: str) -> bool:
-    print(f"✔ {name} passed")
-    return True
-
-
-def _call(fn, *args, what: str):
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise AssertionError(f"{what} is not implemented yet: replace `raise NotImplementedError()`.") from None
-    except RuntimeError as err:
-        if "shape" in str(err) or "size" in str(err) or "mat" in str(err):
-            raise AssertionError(f"{what} failed on a shape mismatch ({err}). Check the order of the "
-                                 f"products: A is (r, d_in), B is (d_out, r), x is (N, d_in).") from None
-        raise
-
-
-def _diagnose(got, expected: torch.Tensor, mistakes: dict[str, torch.Tensor], what: str, atol: float = 1e-5) -> None:
-    """Raise with the hint of the first mistake whose output ``got`` reproduces; else a generic message."""
-    if not isinstance(got, torch.Tensor):
-        raise AssertionError(f"{what} must return a torch.Tensor, got {type(got).__name__}.")
-    if got.shape == expected.shape and torch.allclose(got, expected, atol=atol, rtol=1e-4):
-        return
-    for hint, wrong in mistakes.items():
-        if got.shape == wrong.shape and torch.allclose(got, wrong, atol=atol, rtol=1e-4):
-            raise AssertionError(f"{what}: {hint}")
-    if got.shape != expected.shape:
-        raise AssertionError(f"{what} returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}.")
-    raise AssertionError(f"{what} differs from the reference by up to {(got - expected).abs().max():.3g}.")
+from ._check_tools import _call, _diagnose, _ok
 
 
 def _factors(d_out=5, d_in=7, r=3, seed=0):
@@ -182,3 +153,9 @@ def check_trainable_count(count_trainable) -> bool:
         sum(p.numel() for _, p in params if not p.requires_grad): "you counted the frozen parameters instead of the trainable ones.",
     }
     raise AssertionError(f"count_trainable returned {got}, expected {expected}: " + mistakes.get(got, "check which tensors you include."))
+
+
+# Checks of the path and curve exercises (notebooks 02 and 03) live in their own module.
+from .checks_paths import (  # noqa: E402,F401
+    check_barrier, check_bernstein, check_bezier_point, check_gauge, check_interpolate, check_locate,
+)
