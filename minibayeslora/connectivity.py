@@ -18,6 +18,8 @@ but the signs (and the order of equal singular values); matching those makes fac
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -117,3 +119,51 @@ def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 
         acc.append((logits.argmax(1) == data.labels).float().mean().item())
     model.train(was_training)
     return {"t": [float(t) for t in ts], "nll": nll, "acc": acc}
+
+
+def _flatten(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([state[name].flatten().float() for name in sorted(state)])
+
+
+def _unflatten(vector: torch.Tensor, like: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out, offset = {}, 0
+    for name in sorted(like):
+        n = like[name].numel()
+        out[name] = vector[offset:offset + n].view_as(like[name]).to(like[name].dtype)
+        offset += n
+    return out
+
+
+@dataclass
+class Plane:
+    """The plane through three states θ₀, θ₁, θ₂ (Garipov et al., 2018): θ(x, y) = θ₀ + x û + y v̂.
+
+    û = (θ₁ − θ₀)/‖θ₁ − θ₀‖ and v̂ is the unit part of θ₂ − θ₀ orthogonal to û; ``coords`` holds
+    the (x, y) of the three states.
+    """
+
+    origin: torch.Tensor
+    u: torch.Tensor
+    v: torch.Tensor
+    like: dict
+    coords: list[tuple[float, float]]
+
+    def point(self, x: float, y: float) -> dict[str, torch.Tensor]:
+        return _unflatten(self.origin + x * self.u + y * self.v, self.like)
+
+
+def plane_through(states: list[dict[str, torch.Tensor]]) -> Plane:
+    if len(states) != 3:
+        raise ValueError(f"a plane needs exactly 3 states, got {len(states)}.")
+    t0, t1, t2 = (_flatten(s) for s in states)
+    u = t1 - t0
+    if u.norm() == 0:
+        raise ValueError("the first two states are equal.")
+    u = u / u.norm()
+    w = t2 - t0
+    v = w - (w @ u) * u
+    if v.norm() < 1e-5 * max(1.0, float(w.norm())):
+        raise ValueError("the three states lie on one line.")
+    v = v / v.norm()
+    coords = [(float((t - t0) @ u), float((t - t0) @ v)) for t in (t0, t1, t2)]
+    return Plane(t0, u, v, {k: val.detach() for k, val in states[0].items()}, coords)

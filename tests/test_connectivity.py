@@ -83,3 +83,19 @@ def test_delta_space_path_and_path_evaluation(minilm_fresh, task):
     layer = model.get_submodule(name)
     expected = layer.base.weight + 0.5 * layer.scaling * sum(s[f"{name}.lora_B"] @ s[f"{name}.lora_A"] for s in states)
     torch.testing.assert_close(mid[f"{name}.base.weight"], expected)
+
+
+def test_plane_through_three_states():
+    from minibayeslora.connectivity import plane_through
+
+    g = torch.Generator().manual_seed(3)
+    states = [{"a": torch.randn(3, 2, generator=g), "b": torch.randn(4, generator=g)} for _ in range(3)]
+    plane = plane_through(states)
+    assert abs(plane.u @ plane.v) < 1e-6 and abs(plane.u.norm() - 1) < 1e-6 and abs(plane.v.norm() - 1) < 1e-6
+    for state, (x, y) in zip(states, plane.coords):  # each state sits at its own coordinates
+        point = plane.point(x, y)
+        for name in state:
+            torch.testing.assert_close(point[name], state[name], atol=1e-5, rtol=1e-5)
+    assert plane.coords[0] == (0.0, 0.0) and plane.coords[1][1] == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="one line"):
+        plane_through([states[0], states[1], {k: 2 * states[1][k] - states[0][k] for k in states[0]}])
