@@ -60,10 +60,7 @@ def check_lora_layer(layer_cls) -> bool:
     torch.manual_seed(0)
     base = nn.Linear(7, 5)
     reference_weight = base.weight.detach().clone()
-    try:
-        layer = layer_cls(base, 3, 6.0)
-    except NotImplementedError:
-        raise AssertionError("the layer is not implemented yet: replace `raise NotImplementedError()`.") from None
+    layer = _call(layer_cls, base, 3, 6.0, what="the layer")
     for name in ("lora_A", "lora_B"):
         if not isinstance(getattr(layer, name, None), nn.Parameter):
             raise AssertionError(f"the layer needs a trainable nn.Parameter named {name}.")
