@@ -100,7 +100,7 @@ def delta_space_state(model: torch.nn.Module, a: dict[str, torch.Tensor], b: dic
 
 
 @torch.no_grad()
-def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 256) -> dict[str, list[float]]:
+def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 64) -> dict[str, list[float]]:
     """Loss (mean NLL) and accuracy of ``model`` at ``state_at(t)`` for each t, on a ClassificationData.
 
     ``state_at(t)`` returns a dict of tensors that replace the model's own (``functional_call``).
@@ -108,16 +108,20 @@ def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 
     import torch.nn.functional as F
     from torch.func import functional_call
 
+    from .train import batched_logits
+
     was_training = model.training
     model.eval()
     nll, acc = [], []
-    for t in ts:
-        state = state_at(float(t))
-        logits = torch.cat([functional_call(model, state, args=(), kwargs=data.inputs(torch.arange(i, min(i + batch_size, len(data)))),
-                                            strict=False) for i in range(0, len(data), batch_size)])
-        nll.append(F.cross_entropy(logits, data.labels).item())
-        acc.append((logits.argmax(1) == data.labels).float().mean().item())
-    model.train(was_training)
+    try:
+        for t in ts:
+            state = state_at(float(t))
+            logits = batched_logits(lambda inputs: functional_call(model, state, args=(), kwargs=inputs, strict=False),
+                                    data, batch_size)
+            nll.append(F.cross_entropy(logits, data.labels).item())
+            acc.append((logits.argmax(1) == data.labels).float().mean().item())
+    finally:
+        model.train(was_training)
     return {"t": [float(t) for t in ts], "nll": nll, "acc": acc}
 
 

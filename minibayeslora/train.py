@@ -53,6 +53,10 @@ class ClassificationData:
     def fingerprint(self) -> str:
         raise NotImplementedError
 
+    def lengths(self) -> torch.Tensor | None:
+        """Token count per example when it is known without tokenising (None otherwise)."""
+        return None
+
 
 class TextData(ClassificationData):
     """Raw texts, tokenised per batch by the model's own tokenizer."""
@@ -80,6 +84,9 @@ class PrefixData(ClassificationData):
 
     def inputs(self, idx) -> dict:
         return self.features.batch(idx)
+
+    def lengths(self) -> torch.Tensor:
+        return self.features.lengths
 
     def fingerprint(self) -> str:
         return _hash_texts(self.texts, self.labels) + f"@{self.start_layer}"
@@ -153,20 +160,34 @@ def cross_entropy(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict_logits(model, data: ClassificationData, batch_size: int = 256) -> torch.Tensor:
+def batched_logits(forward: Callable, data: ClassificationData, batch_size: int = 64) -> torch.Tensor:
+    """``forward(inputs) -> logits`` over the whole dataset in batches: (N, C), rows in data order.
+
+    Batches are taken in order of length where the data know their lengths, so each batch is
+    padded to nearly its own length (2-3x faster than random batches on this CPU).
+    """
+    lengths = data.lengths()
+    order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(len(data))
+    chunks = [forward(data.inputs(order[i:i + batch_size])) for i in range(0, len(data), batch_size)]
+    out = torch.empty((len(data),) + chunks[0].shape[1:], dtype=torch.float32)
+    out[order] = torch.cat(chunks).float().cpu()
+    return out
+
+
+def predict_logits(model, data: ClassificationData, batch_size: int = 64) -> torch.Tensor:
     """Logits (N, C) of the whole dataset, in eval mode."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(**data.inputs(torch.arange(i, min(i + batch_size, len(data)))))
-                     for i in range(0, len(data), batch_size)])
-    model.train(was_training)
-    return out.float()
+    try:
+        return batched_logits(lambda inputs: model(**inputs), data, batch_size)
+    finally:
+        model.train(was_training)
 
 
-def evaluate(model, data: ClassificationData, batch_size: int = 256) -> dict:
+def evaluate(model, data: ClassificationData, batch_size: int = 64) -> dict:
     """``{"nll": mean −log p(y|x), "acc": accuracy}`` on ``data``."""
     logits = predict_logits(model, data, batch_size)
-    labels = data.labels.to(logits.device)
+    labels = data.labels
     return {"nll": F.cross_entropy(logits, labels).item(), "acc": (logits.argmax(1) == labels).float().mean().item()}
 
 

@@ -38,6 +38,16 @@ def test_make_data_uses_the_prefix_cache_below_the_first_adapted_layer(adapted, 
     assert isinstance(make_data(adapted, small[0], use_prefix_cache=False), TextData)
 
 
+def test_length_sorted_prediction_keeps_rows_in_data_order(adapted, small, isolated_cache):
+    data = make_data(adapted, small[1])
+    assert data.lengths() is not None and not torch.equal(torch.argsort(data.lengths(), stable=True), torch.arange(len(data)))
+    adapted.eval()
+    with torch.no_grad():  # brute force: one example at a time, in data order
+        one_by_one = torch.cat([adapted(**data.inputs(torch.tensor([i]))) for i in range(len(data))])
+    torch.testing.assert_close(train.predict_logits(adapted, data, batch_size=7), one_by_one, atol=1e-5, rtol=1e-5)
+    assert TextData(adapted, small[1].texts, small[1].labels).lengths() is None
+
+
 def test_fit_learns_and_keeps_the_best_val_state(small, isolated_cache):
     model = _fresh_adapted()
     tr, va = make_data(model, small[0]), make_data(model, small[1])
