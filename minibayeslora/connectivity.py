@@ -125,6 +125,20 @@ def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 
     return {"t": [float(t) for t in ts], "nll": nll, "acc": acc}
 
 
+@torch.no_grad()
+def probabilities_along(model: torch.nn.Module, state_at, inputs: dict, ts) -> torch.Tensor:
+    """Class probabilities of one batch of ``inputs`` at ``state_at(t)`` for each t: (len(ts), N, C)."""
+    from torch.func import functional_call
+
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.stack([functional_call(model, state_at(float(t)), args=(), kwargs=inputs, strict=False).float().softmax(-1)
+                            for t in ts])
+    finally:
+        model.train(was_training)
+
+
 def _flatten(state: dict[str, torch.Tensor]) -> torch.Tensor:
     return torch.cat([state[name].flatten().float() for name in sorted(state)])
 
@@ -154,6 +168,11 @@ class Plane:
 
     def point(self, x: float, y: float) -> dict[str, torch.Tensor]:
         return _unflatten(self.origin + x * self.u + y * self.v, self.like)
+
+    def project(self, state: dict[str, torch.Tensor]) -> tuple[float, float]:
+        """(x, y) of the orthogonal projection of ``state`` onto the plane."""
+        offset = _flatten({k: state[k] for k in self.like}) - self.origin
+        return float(offset @ self.u), float(offset @ self.v)
 
 
 def plane_through(states: list[dict[str, torch.Tensor]]) -> Plane:

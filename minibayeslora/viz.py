@@ -7,7 +7,10 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 
 def save_figure(fig, name: str) -> Path | None:
@@ -45,7 +48,6 @@ def plot_rank_sweep(table):
 def plot_spectra(spectra: dict, title: str = ""):
     """Singular values of several ΔW (``{layer name: 1-D array}``), one line per layer, log scale."""
     import matplotlib.pyplot as plt
-    import numpy as np
 
     if not spectra:
         raise ValueError("no spectra to plot.")
@@ -58,3 +60,95 @@ def plot_spectra(spectra: dict, title: str = ""):
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
+
+
+@dataclass
+class CurveExplorer:
+    """Everything the t-slider shows, precomputed once (so moving the slider costs no model call).
+
+    ``ts`` (G,) grid of t with G ≥ 51; ``probs`` (G, R, C) class probabilities of R chosen reviews
+    at θ(t) for each grid t; ``reviews`` R short labels; ``class_names`` C names;
+    ``path`` {"t": (P,), "nll": {split: (P,)}, "acc": {split: (P,)}} along the curve;
+    ``plane`` optional {"xs": (X,), "ys": (Y,), "loss": (Y, X), "curve_xy": (G, 2), "anchors_xy": (K+1, 2)}:
+    a loss surface and the curve's (projected) trace on it.
+    """
+
+    ts: np.ndarray
+    probs: np.ndarray
+    reviews: list[str]
+    class_names: list[str]
+    path: dict
+    plane: dict | None = None
+
+    def __post_init__(self):
+        self.ts, self.probs = np.asarray(self.ts, dtype=float), np.asarray(self.probs, dtype=float)
+        G = len(self.ts)
+        if self.probs.shape != (G, len(self.reviews), len(self.class_names)):
+            raise ValueError(f"probs must have shape (len(ts), len(reviews), len(class_names)) = "
+                             f"{(G, len(self.reviews), len(self.class_names))}, got {self.probs.shape}.")
+        if G < 2 or np.any(np.diff(self.ts) <= 0) or self.ts[0] != 0 or self.ts[-1] != 1:
+            raise ValueError("ts must increase from 0 to 1.")
+        if self.plane is not None and np.shape(self.plane["curve_xy"]) != (G, 2):
+            raise ValueError(f"plane['curve_xy'] must have shape ({G}, 2), got {np.shape(self.plane['curve_xy'])}.")
+
+    def index(self, t: float) -> int:
+        """The grid point nearest to t."""
+        if not 0.0 <= float(t) <= 1.0:
+            raise ValueError(f"t must lie in [0, 1], got {t}.")
+        return int(np.abs(self.ts - float(t)).argmin())
+
+
+def plot_curve_explorer(explorer: CurveExplorer, t: float):
+    """Three panels at the grid point nearest t: loss and accuracy along the curve with a marker at t;
+    the loss plane with the curve's trace and θ(t); class-probability bars of the chosen reviews."""
+    import matplotlib.pyplot as plt
+
+    i = explorer.index(t)
+    t_now, path = explorer.ts[i], explorer.path
+    ncols = 3 if explorer.plane is not None else 2
+    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.6), gridspec_kw={"width_ratios": [1.1, 1, 1.2][-ncols:]})
+    along = axes[0]
+    twin = along.twinx()
+    for split, losses in path["nll"].items():
+        line, = along.plot(path["t"], losses, "-", label=f"{split} NLL")
+        along.plot([t_now], [np.interp(t_now, path["t"], losses)], "o", color=line.get_color(), ms=8)
+    for split, accs in path["acc"].items():
+        twin.plot(path["t"], accs, ":", color="grey", label=f"{split} acc")
+    twin.set_ylabel("accuracy (dotted)")
+    along.axvline(t_now, color="k", lw=1)
+    along.set(xlabel="t", ylabel="NLL", title=f"Along the curve, t = {t_now:.2f}")
+    along.legend(fontsize=7, loc="upper left")
+    if explorer.plane is not None:
+        plane, ax = explorer.plane, axes[1]
+        contour = ax.contourf(plane["xs"], plane["ys"], plane["loss"], levels=15, cmap="viridis")
+        fig.colorbar(contour, ax=ax, label="train NLL")
+        xy = np.asarray(plane["curve_xy"])
+        ax.plot(xy[:, 0], xy[:, 1], "w-", lw=1.5)
+        ax.plot(*np.asarray(plane["anchors_xy"]).T, "w*", ms=12)
+        ax.plot([xy[i, 0]], [xy[i, 1]], "o", color="tab:red", ms=9)
+        ax.set(title="θ(t) in the plane of the optima", xticks=[], yticks=[])
+    bars = axes[-1]
+    R, C = explorer.probs.shape[1:]
+    height = 0.8 / C
+    for c in range(C):
+        bars.barh(np.arange(R) + (c - (C - 1) / 2) * height, explorer.probs[i, :, c], height=height, label=explorer.class_names[c])
+    bars.set_yticks(np.arange(R), explorer.reviews, fontsize=7)
+    bars.invert_yaxis()
+    bars.set(xlim=(0, 1), xlabel="p(class | review)", title="Predictive distribution at θ(t)")
+    bars.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def curve_widget(explorer: CurveExplorer):
+    """A t-slider over the precomputed grid that redraws ``plot_curve_explorer`` (needs ipywidgets)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(t):
+        plot_curve_explorer(explorer, t)
+        plt.show()
+
+    slider = widgets.SelectionSlider(options=[(f"{t:.2f}", float(t)) for t in explorer.ts], value=float(explorer.ts[len(explorer.ts) // 2]),
+                                     description="t", continuous_update=True, layout=widgets.Layout(width="60%"))
+    return widgets.interactive(show, t=slider)

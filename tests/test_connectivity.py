@@ -77,6 +77,17 @@ def test_delta_space_path_and_path_evaluation(minilm_fresh, task):
         assert delta["nll"][i] == pytest.approx(reference["nll"], abs=1e-5)
     assert abs(factor["nll"][1] - delta["nll"][1]) > 1e-6, "the two paths differ in the middle"
 
+    # probabilities along the path: softmax of the model with each state loaded, one batch
+    from minibayeslora.connectivity import probabilities_along
+
+    batch = val.inputs(torch.arange(5))
+    probs = probabilities_along(model, lambda t: lerp_states(states[0], states[1], t), batch, [0.0, 0.5])
+    assert probs.shape == (2, 5, 2)
+    for i, t in enumerate((0.0, 0.5)):
+        load_adapter_state(model, lerp_states(states[0], states[1], t))
+        with torch.no_grad():
+            torch.testing.assert_close(probs[i], model(**batch).softmax(-1), atol=1e-6, rtol=1e-5)
+
     # the middle of the ΔW path has ΔW(½) = (ΔW_a + ΔW_b)/2: check one layer by brute force
     name = "encoder.encoder.layer.5.attention.self.query"
     mid = delta_space_state(model, states[0], states[1], 0.5)
@@ -97,5 +108,13 @@ def test_plane_through_three_states():
         for name in state:
             torch.testing.assert_close(point[name], state[name], atol=1e-5, rtol=1e-5)
     assert plane.coords[0] == (0.0, 0.0) and plane.coords[1][1] == pytest.approx(0.0, abs=1e-6)
+    for state, xy in zip(states, plane.coords):  # projection of a state in the plane is itself
+        assert plane.project(state) == pytest.approx(xy, abs=1e-5)
+    # off the plane: the projection drops the orthogonal part (brute force least squares)
+    off = {k: states[0][k] + torch.randn(states[0][k].shape, generator=g) for k in states[0]}
+    flat = lambda st: torch.cat([st[k].flatten() for k in sorted(st)])  # noqa: E731
+    basis = torch.stack([plane.u, plane.v], 1)
+    expected = torch.linalg.lstsq(basis, flat(off) - plane.origin[:, None].squeeze(1)).solution
+    assert plane.project(off) == pytest.approx(expected.tolist(), abs=1e-5)
     with pytest.raises(ValueError, match="one line"):
         plane_through([states[0], states[1], {k: 2 * states[1][k] - states[0][k] for k in states[0]}])

@@ -39,3 +39,49 @@ def test_save_figure_only_when_asked(tmp_path, monkeypatch):
     assert viz.save_figure(fig, "x") == tmp_path / "figs" / "x.png" and (tmp_path / "figs" / "x.png").stat().st_size > 0
     with pytest.raises(ValueError):
         viz.save_figure(fig, "../escape")
+
+
+def _explorer(G=51, with_plane=True):
+    ts = np.linspace(0, 1, G)
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=(G, 3, 1))
+    probs = np.concatenate([p, 1 - p], axis=2)
+    path = {"t": np.linspace(0, 1, 11), "nll": {"train": np.linspace(0.3, 0.4, 11), "test": np.full(11, 0.5)},
+            "acc": {"test": np.full(11, 0.8)}}
+    plane = {"xs": np.arange(4.0), "ys": np.arange(3.0), "loss": rng.uniform(size=(3, 4)),
+             "curve_xy": np.stack([3 * ts, 2 * ts * (1 - ts)], 1), "anchors_xy": [[0, 0], [3, 0]]} if with_plane else None
+    return viz.CurveExplorer(ts, probs, ["a", "b", "ood"], ["negative", "positive"], path, plane)
+
+
+def test_curve_explorer_marks_the_grid_point_nearest_t():
+    explorer = _explorer()
+    fig = viz.plot_curve_explorer(explorer, 0.31)  # nearest grid point: 0.30 (index 15)
+    titled = {ax.get_title().split(",")[0]: ax for ax in fig.axes if ax.get_title()}
+    along, plane_ax, bars = titled["Along the curve"], titled["θ(t) in the plane of the optima"], titled["Predictive distribution at θ(t)"]
+    markers = [line for line in along.lines if line.get_marker() == "o"]
+    assert [m.get_xdata()[0] for m in markers] == [pytest.approx(0.3)] * 2
+    assert markers[0].get_ydata()[0] == pytest.approx(0.3 + 0.1 * 0.3), "marker sits on the train loss at t"
+    red = [line for line in plane_ax.lines if line.get_marker() == "o"][0]
+    assert (red.get_xdata()[0], red.get_ydata()[0]) == pytest.approx((0.9, 2 * 0.3 * 0.7))
+    widths = np.array([patch.get_width() for patch in bars.patches]).reshape(2, 3)  # class-major, as drawn
+    np.testing.assert_allclose(widths.T, explorer.probs[15])
+    assert [t.get_text() for t in bars.get_yticklabels()] == ["a", "b", "ood"]
+
+
+def test_curve_explorer_without_plane_and_bad_input():
+    fig = viz.plot_curve_explorer(_explorer(with_plane=False), 1.0)
+    assert sorted(ax.get_title().split(",")[0] for ax in fig.axes if ax.get_title()) == ["Along the curve", "Predictive distribution at θ(t)"]
+    with pytest.raises(ValueError, match="t must lie"):
+        _explorer().index(1.5)
+    good = _explorer()
+    with pytest.raises(ValueError, match="shape"):
+        viz.CurveExplorer(good.ts, good.probs[:, :2], good.reviews, good.class_names, good.path)
+    with pytest.raises(ValueError, match="increase"):
+        viz.CurveExplorer(good.ts[::-1], good.probs, good.reviews, good.class_names, good.path)
+
+
+def test_curve_widget_redraws_on_the_slider():
+    widget = viz.curve_widget(_explorer())
+    slider = widget.children[0]
+    assert len(slider.options) == 51
+    slider.value = 1.0  # must not raise
