@@ -152,3 +152,51 @@ def curve_widget(explorer: CurveExplorer):
     slider = widgets.SelectionSlider(options=[(f"{t:.2f}", float(t)) for t in explorer.ts], value=float(explorer.ts[len(explorer.ts) // 2]),
                                      description="t", continuous_update=True, layout=widgets.Layout(width="60%"))
     return widgets.interactive(show, t=slider)
+
+
+def reliability_diagram(curves: dict, n_bins: int = 15):
+    """Accuracy vs confidence per bin (design §7 bins), one line per method: ``{name: (p̄ (N, C), labels (N,))}``.
+
+    Points on the diagonal are calibrated; below it, over-confident. Marker area ∝ bin count.
+    """
+    import matplotlib.pyplot as plt
+    import torch
+
+    if not curves:
+        raise ValueError("no methods to plot.")
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    for name, (probs, labels) in curves.items():
+        probs = torch.as_tensor(probs, dtype=torch.float64)
+        confidence, predicted = probs.max(-1)
+        correct = (predicted == torch.as_tensor(labels)).double()
+        bins = torch.bucketize(confidence, edges, right=True) - 1
+        count = torch.bincount(bins, minlength=n_bins + 1).double()
+        used = count > 0
+        mean_conf = torch.zeros(n_bins + 1, dtype=torch.float64).index_add(0, bins, confidence)[used] / count[used]
+        mean_acc = torch.zeros(n_bins + 1, dtype=torch.float64).index_add(0, bins, correct)[used] / count[used]
+        line, = ax.plot(mean_conf, mean_acc, "-", label=name)
+        ax.scatter(mean_conf, mean_acc, s=8 + 200 * count[used] / count.sum(), color=line.get_color())
+    ax.set(xlabel="confidence (max p̄)", ylabel="accuracy", xlim=(0.45, 1.0), ylim=(0.3, 1.0), title="Reliability")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def mi_histograms(scores: dict, bins: int = 30, xlabel: str = "mutual information (nats)"):
+    """Histograms of an uncertainty score per set: ``{set name: (N,) scores}`` (e.g. RT test vs OOD sets)."""
+    import matplotlib.pyplot as plt
+
+    if not scores:
+        raise ValueError("no scores to plot.")
+    values = {name: np.asarray(v, dtype=float).ravel() for name, v in scores.items()}
+    top = max(v.max() for v in values.values())
+    edges = np.linspace(0, top if top > 0 else 1.0, bins + 1)
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for name, v in values.items():
+        ax.hist(v, bins=edges, density=True, histtype="step", lw=1.5, label=f"{name} (mean {v.mean():.3f})")
+    ax.set(xlabel=xlabel, ylabel="density")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

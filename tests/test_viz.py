@@ -85,3 +85,25 @@ def test_curve_widget_redraws_on_the_slider():
     slider = widget.children[0]
     assert len(slider.options) == 51
     slider.value = 1.0  # must not raise
+
+
+def test_reliability_diagram_points_are_bin_means():
+    import torch
+
+    probs = torch.tensor([[0.9, 0.1], [0.09, 0.91], [0.25, 0.75], [0.45, 0.55]])
+    labels = torch.tensor([0, 0, 1, 0])
+    fig = viz.reliability_diagram({"m": (probs, labels)})
+    ax = fig.axes[0]
+    line = [l for l in ax.lines if l.get_label() == "m"][0]
+    # bins of width 1/15: {0.55}, {0.75}, {0.9, 0.91} -> accuracies 0, 1, 1/2
+    np.testing.assert_allclose(line.get_xdata(), [0.55, 0.75, 0.905])
+    np.testing.assert_allclose(line.get_ydata(), [0.0, 1.0, 0.5])
+    with pytest.raises(ValueError):
+        viz.reliability_diagram({})
+
+
+def test_mi_histograms_one_step_histogram_per_set():
+    fig = viz.mi_histograms({"RT test": [0.0, 0.01, 0.02], "drug reviews": [0.05, 0.1]})
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["RT test (mean 0.010)", "drug reviews (mean 0.075)"]

@@ -1,0 +1,112 @@
+"""Metrics for predictive distributions, one definition used everywhere (design §7).
+
+Given S samples of class probabilities p_s, shape (S, N, C), the prediction is p̄ = mean_s p_s (N, C):
+
+- accuracy: mean of [argmax p̄ = y];        NLL: −mean log p̄(y);
+- ECE: 15 equal-width bins on the confidence max p̄; Σ_b (n_b/N)·|acc_b − conf_b| (L1, as torchmetrics'
+  ``MulticlassCalibrationError(n_bins=15, norm="l1")``);
+- Brier: mean over examples of Σ_c (p̄_c − 1[y = c])²;
+- predictive entropy H[p̄] per example (nats);
+- mutual information MI = H[p̄] − mean_s H[p_s] per example (epistemic part; total = aleatoric + MI);
+- JSD of the samples = the same quantity, written as the Jensen–Shannon divergence of S distributions;
+- OOD AUROC: how well a score (higher = more OOD) separates OOD (positive) from in-distribution examples.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _check_probs(probs: torch.Tensor, dims: int) -> torch.Tensor:
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    if probs.dim() != dims:
+        raise ValueError(f"expected probabilities with {dims} dimensions ({'(N, C)' if dims == 2 else '(S, N, C)'}), "
+                         f"got shape {tuple(probs.shape)}.")
+    if (probs < -1e-6).any() or not torch.allclose(probs.sum(-1), torch.ones(()).double(), atol=1e-4):
+        raise ValueError("probabilities must be non-negative and sum to 1 over the last dimension (pass softmax outputs, not logits).")
+    return probs
+
+
+def _check_labels(labels, n: int) -> torch.Tensor:
+    labels = torch.as_tensor(labels, dtype=torch.long)
+    if labels.shape != (n,):
+        raise ValueError(f"expected {n} labels, got shape {tuple(labels.shape)}.")
+    return labels
+
+
+def accuracy(probs, labels) -> float:
+    probs = _check_probs(probs, 2)
+    return float((probs.argmax(-1) == _check_labels(labels, len(probs))).double().mean())
+
+
+def nll(probs, labels, eps: float = 1e-12) -> float:
+    probs = _check_probs(probs, 2)
+    labels = _check_labels(labels, len(probs))
+    return float(-probs[torch.arange(len(probs)), labels].clamp_min(eps).log().mean())
+
+
+def ece(probs, labels, n_bins: int = 15) -> float:
+    probs = _check_probs(probs, 2)
+    labels = _check_labels(labels, len(probs))
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == labels).double()
+    # bin b holds confidences in [b/n, (b+1)/n); a confidence of exactly 1 gets a bin of its own,
+    # as in torchmetrics (it adds |acc − conf| per bin, so where the edges fall matters)
+    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
+    bins = torch.bucketize(confidence, edges, right=True) - 1
+    gap = torch.zeros(n_bins + 1, dtype=torch.float64).index_add(0, bins, correct - confidence)
+    return float(gap.abs().sum() / len(probs))
+
+
+def brier(probs, labels) -> float:
+    probs = _check_probs(probs, 2)
+    labels = _check_labels(labels, len(probs))
+    onehot = torch.nn.functional.one_hot(labels, probs.shape[-1]).double()
+    return float(((probs - onehot) ** 2).sum(-1).mean())
+
+
+def _entropy(probs: torch.Tensor) -> torch.Tensor:
+    return -(probs * probs.clamp_min(1e-30).log()).sum(-1)
+
+
+def predictive_entropy(probs) -> torch.Tensor:
+    """H[p̄] per example: (N, C) -> (N,)."""
+    return _entropy(_check_probs(probs, 2))
+
+
+def mutual_information(samples) -> torch.Tensor:
+    """H[mean_s p_s] − mean_s H[p_s] per example: (S, N, C) -> (N,), ≥ 0."""
+    samples = _check_probs(samples, 3)
+    return (_entropy(samples.mean(0)) - _entropy(samples).mean(0)).clamp_min(0.0)
+
+
+def jsd(samples) -> torch.Tensor:
+    """Jensen–Shannon divergence of the S distributions per example (equal weights): (S, N, C) -> (N,).
+
+    JSD = mean_s KL(p_s ‖ p̄), which equals the mutual information above; both names are kept
+    because notebook 04 uses it as a training regulariser and as an uncertainty score.
+    """
+    samples = _check_probs(samples, 3)
+    mean = samples.mean(0, keepdim=True)
+    ratio = samples.clamp_min(1e-30).log() - mean.clamp_min(1e-30).log()
+    return (samples * ratio).sum(-1).mean(0).clamp_min(0.0)
+
+
+def auroc(scores_in, scores_out) -> float:
+    """P(score of a random OOD example > score of a random in-distribution one), ties count ½."""
+    scores_in = torch.as_tensor(scores_in, dtype=torch.float64).flatten()
+    scores_out = torch.as_tensor(scores_out, dtype=torch.float64).flatten()
+    if len(scores_in) == 0 or len(scores_out) == 0:
+        raise ValueError("auroc needs at least one in-distribution and one OOD score.")
+    scores = torch.cat([scores_in, scores_out])
+    # average ranks (ties share their mean rank), then the Mann–Whitney U statistic
+    order = torch.argsort(scores, stable=True)
+    ranks = torch.empty_like(scores)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=torch.float64)
+    unique, inverse = torch.unique(scores, return_inverse=True)
+    mean_rank = torch.zeros(len(unique), dtype=torch.float64).index_add(0, inverse, ranks)
+    mean_rank /= torch.bincount(inverse, minlength=len(unique)).double()
+    ranks = mean_rank[inverse]
+    n_out = len(scores_out)
+    u = ranks[len(scores_in):].sum() - n_out * (n_out + 1) / 2
+    return float(u / (n_out * len(scores_in)))
