@@ -92,13 +92,17 @@ def layer_index(name: str) -> int | None:
 
 
 def inject_lora(model: nn.Module, target_modules, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                layers=None, trainable_modules=("head",)) -> dict[str, LoRALinear]:
+                layers=None, trainable_modules=("head",), layer_cls: type = None) -> dict[str, LoRALinear]:
     """Replace each matching linear by a ``LoRALinear`` and freeze everything else.
 
     ``target_modules``: names as in PEFT (a module matches when its name ends in ``.<target>``);
     ``layers``: block indices to adapt (None = all); ``trainable_modules``: submodules that stay
-    trainable (the classifier head). Returns ``{module name: LoRALinear}``.
+    trainable (the classifier head); ``layer_cls``: a ``LoRALinear`` subclass to inject instead
+    (e.g. ``lrvd.VariationalLoRALinear``). Returns ``{module name: LoRALinear}``.
     """
+    layer_cls = layer_cls or LoRALinear
+    if not (isinstance(layer_cls, type) and issubclass(layer_cls, LoRALinear)):
+        raise TypeError(f"layer_cls must be LoRALinear or a subclass of it, got {layer_cls!r}.")
     targets = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     if not targets:
         raise ValueError("target_modules is empty.")
@@ -122,7 +126,7 @@ def inject_lora(model: nn.Module, target_modules, r: int = 8, alpha: float = 16.
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        lora = LoRALinear(getattr(parent, child), r, alpha, dropout)
+        lora = layer_cls(getattr(parent, child), r, alpha, dropout)
         device = next(getattr(parent, child).parameters()).device
         setattr(parent, child, lora.to(device) if not _is_quantized(lora.base) else _move_factors(lora, device))
         injected[name] = lora

@@ -128,6 +128,7 @@ class TrainConfig:
     keep_best: bool = True
     warmup_steps: int = 0
     schedule: str = "constant"  # or "cosine": lr decays to 0 along a half cosine after the warm-up
+    param_lr: dict = field(default_factory=dict)  # {name suffix: lr}, e.g. {"log_alpha": 3e-2}; no weight decay there
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
@@ -198,9 +199,11 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
     cfg = cfg or TrainConfig()
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {cfg.steps} and {cfg.batch_size}.")
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     if not params:
         raise ValueError("the model has no trainable tensors: inject LoRA (or unfreeze the head) first.")
+    groups = _param_groups(named, cfg)
     path = None
     if cache_key is not None:
         path = _cache_path(model, train_data, val_data, cfg, cache_key)
@@ -210,7 +213,7 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
 
     generator = torch.Generator().manual_seed(cfg.seed)
     cfg.lr_factor(0)  # validates the schedule before any work
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     history, best_nll, best_state = History(), float("inf"), None
     start, order = time.perf_counter(), torch.empty(0, dtype=torch.long)
@@ -246,11 +249,28 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
     return history
 
 
+def _param_groups(named, cfg: TrainConfig) -> list[dict]:
+    """One AdamW group per ``param_lr`` suffix (its own lr, no weight decay) plus one for the rest."""
+    unused = [suffix for suffix in cfg.param_lr if not any(n.endswith(suffix) for n, _ in named)]
+    if unused:
+        raise ValueError(f"param_lr names {unused}, which no trainable tensor's name ends with.")
+    special = {suffix: [] for suffix in cfg.param_lr}
+    rest = []
+    for name, p in named:
+        suffix = next((s for s in cfg.param_lr if name.endswith(s)), None)
+        (special[suffix] if suffix is not None else rest).append(p)
+    groups = [{"params": rest}] if rest else []
+    return groups + [{"params": ps, "lr": cfg.param_lr[s], "weight_decay": 0.0} for s, ps in special.items()]
+
+
 # ---- train-or-load cache --------------------------------------------------------------------------
 
 def _cache_path(model, train_data, val_data, cfg: TrainConfig, cache_key: dict):
     shapes = {name: list(t.shape) for name, t in adapter_state(model).items()}
-    key = {"key": cache_key, "config": dataclasses.asdict(cfg), "adapter": shapes, "version": __version__,
+    settings = dataclasses.asdict(cfg)
+    if not settings["param_lr"]:  # added later: absent from the keys of runs that do not use it
+        del settings["param_lr"]
+    key = {"key": cache_key, "config": settings, "adapter": shapes, "version": __version__,
            "train": train_data.fingerprint(), "val": val_data.fingerprint() if val_data is not None else None}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return config.cache_dir("adapters") / digest

@@ -108,3 +108,17 @@ def test_fit_rejects_a_model_without_trainable_tensors(minilm_fresh, small):
     minilm_fresh.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable tensors"):
         fit(minilm_fresh, TextData(minilm_fresh, small[0].texts, small[0].labels), progress=False)
+
+
+def test_param_lr_gives_a_tensor_group_its_own_rate(minilm_fresh, small, isolated_cache):
+    from minibayeslora.lrvd import LRVDLoss, VariationalLoRALinear
+
+    inject_lora(minilm_fresh, ["query"], r=2, alpha=4, layers=[5], layer_cls=VariationalLoRALinear)
+    before = adapter_state(minilm_fresh)
+    cfg = TrainConfig(steps=2, batch_size=8, lr=0.0, param_lr={"log_alpha": 0.1}, keep_best=False)
+    fit(minilm_fresh, make_data(minilm_fresh, small[0]), None, cfg, loss_fn=LRVDLoss(n_train=96), progress=False)
+    after = adapter_state(minilm_fresh)
+    moved = {name for name in before if not torch.equal(before[name], after[name])}
+    assert moved == {n for n in before if n.endswith("log_alpha")}, moved
+    with pytest.raises(ValueError, match="no trainable tensor"):
+        fit(minilm_fresh, make_data(minilm_fresh, small[0]), None, TrainConfig(steps=1, param_lr={"lora_C": 1.0}), progress=False)

@@ -1,0 +1,66 @@
+"""Training-step time of LRVD (rank-wise variational dropout) vs plain LoRA at equal rank, on the prefix cache.
+
+Same backbone (MiniLM, r = 16 on q/v of the top 3 layers + head), same cached batch (32 reviews
+entering layer 3). The LoRA step is cross-entropy; the LRVD step samples the rank noise (local
+reparameterisation) and adds the KL term (``LRVDLoss``). Steps alternate; we print medians and the
+ratio LRVD / LoRA (target ≤ 1.1).
+
+    python bench/lrvd_step.py [--repeats 30] [--batch 32] [--rank 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from common import interleaved_medians, training_step
+from minibayeslora import config, data
+from minibayeslora.backbones import load_backbone
+from minibayeslora.lora import inject_lora
+from minibayeslora.lrvd import LRVDLoss, VariationalLoRALinear
+from minibayeslora.train import make_data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--rank", type=int, default=16)
+    args = parser.parse_args()
+
+    models = {}
+    for name, layer_cls in (("lora", None), ("lrvd", VariationalLoRALinear)):
+        config.seed_everything(0)
+        models[name] = load_backbone("minilm")
+        inject_lora(models[name], ["query", "value"], r=args.rank, alpha=2 * args.rank, layers=[3, 4, 5], layer_cls=layer_cls)
+        models[name].train()
+
+    split = data.load_task().train.subset(args.batch, seed=0)
+    cached = make_data(models["lora"], split)
+    batch, labels = cached.inputs(torch.arange(args.batch)), cached.labels
+    loss = LRVDLoss(n_train=8929)
+    model = models["lrvd"]
+    lrvd_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def lrvd_step() -> float:
+        t0 = time.perf_counter()
+        value = loss(model, batch, labels)
+        lrvd_opt.zero_grad(set_to_none=True)
+        value.backward()
+        lrvd_opt.step()
+        return time.perf_counter() - t0
+
+    lora_step = training_step(models["lora"], torch.optim.AdamW([p for p in models["lora"].parameters() if p.requires_grad], lr=1e-4),
+                              batch, labels)
+    med = interleaved_medians({"lora": lora_step, "lrvd": lrvd_step}, args.repeats)
+    print(f"MiniLM + r={args.rank} (q/v, layers 3-5) on the prefix cache, batch {args.batch}; "
+          f"{args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
+    print(f"LoRA step: {med['lora'] * 1000:.1f} ms (median)")
+    print(f"LRVD step: {med['lrvd'] * 1000:.1f} ms (median)")
+    print(f"ratio LRVD/LoRA: {med['lrvd'] / med['lora']:.3f}  (target <= 1.1)")
+
+
+if __name__ == "__main__":
+    main()

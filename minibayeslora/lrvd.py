@@ -1,0 +1,188 @@
+"""Rank-wise variational dropout for LoRA (LRVD): learn which rank components an adapter needs.
+
+Each rank component r of a LoRA layer gets one multiplicative Gaussian noise variable,
+
+    y = W₀x + (α_lora/r) · B (z ⊙ A x),     z_r ~ N(1, α_r),  one learned log α_r per rank,
+
+so a layer adds r numbers to LoRA's (design §6). (α_r is the noise variance; the LoRA scaling
+α_lora/r is a different α.) **Local reparameterisation**: rather than sampling z, sample the
+bottleneck u = A x directly, u ~ N(A x, α ⊙ (A x)²), independently per token and rank.
+
+**KL** (Molchanov et al., 2017, log-uniform prior), per log α, elementwise:
+
+    −KL ≈ k₁ σ(k₂ + k₃ log α) − ½ log(1 + 1/α) − k₁,   k = (0.63576, 1.87320, 1.48695).
+
+It falls as log α grows, so the objective, mean CE + β·Σ KL / N (β ramps from 0 to 1: KL warm-up),
+pushes every α_r up; the data term holds α_r down only for components the task needs. A
+component with log α_r > 3 (α_r > 20: its noise swamps its signal) is *pruned*.
+
+**Why it breaks the gauge.** LoRA's factors can be re-mixed, A → G A, B → B G⁻¹, without changing
+B A (notebook 02). The noise is diagonal in the rank coordinates, so re-mixing changes the noise the
+model sees: the objective now prefers a basis in which a few coordinates carry the signal and the
+rest can be switched off.
+
+**Mean path.** With sampling off, z is replaced by its mean 1 and, as in sparse variational dropout,
+components above the threshold are dropped; ``prune`` then returns a plain LoRA of the kept ranks
+with exactly that output. Sampling is switched on explicitly (``sampling(model)``), independent of
+``train()``/``eval()``.
+"""
+
+from __future__ import annotations
+
+import copy
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .lora import LoRALinear
+
+K1, K2, K3 = 0.63576, 1.87320, 1.48695
+THRESHOLD = 3.0
+LOG_ALPHA_MAX = 10.0  # α beyond e¹⁰ changes nothing but overflows sooner
+
+
+def kl_sparse_vd(log_alpha: torch.Tensor) -> torch.Tensor:
+    """KL(q ‖ log-uniform prior) per element of ``log_alpha`` (Molchanov et al. 2017 fit): same shape."""
+    negative_kl = K1 * torch.sigmoid(K2 + K3 * log_alpha) - 0.5 * F.softplus(-log_alpha) - K1
+    return -negative_kl
+
+
+class VariationalLoRALinear(LoRALinear):
+    """LoRA with a learned noise level per rank: ``log_alpha`` (r,). x: (..., d_in) -> y: (..., d_out)."""
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, init_log_alpha: float = -4.0,
+                 threshold: float | None = THRESHOLD):
+        super().__init__(base, r, alpha, dropout)
+        self.log_alpha = nn.Parameter(torch.full((r,), float(init_log_alpha)))
+        self.threshold = threshold
+        self.sampling = False
+
+    def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
+        """Boolean (r,): the rank components with log α ≤ threshold."""
+        threshold = self.threshold if threshold is None else threshold
+        if threshold is None:
+            return torch.ones(self.r, dtype=torch.bool, device=self.log_alpha.device)
+        return self.log_alpha.detach() <= threshold
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.base(x)
+        if self.merged:
+            if self.sampling:
+                raise RuntimeError("a merged layer cannot sample its rank noise: call unmerge() first.")
+            return y
+        u = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T                       # (..., r)
+        if self.sampling:
+            std = u.abs() * (0.5 * self.log_alpha.clamp(max=LOG_ALPHA_MAX)).exp()
+            u = u + std * torch.randn_like(u)
+        else:
+            u = u * self.keep_mask().to(u.dtype)
+        return y + ((u @ self.lora_B.T) * self.scaling).to(y.dtype)
+
+    def delta_weight(self) -> torch.Tensor:
+        """The mean path's ΔW = (α_lora/r) · B diag(keep) A, shape (d_out, d_in)."""
+        return (self.lora_B * self.keep_mask().to(self.lora_B.dtype)) @ self.lora_A * self.scaling
+
+    def kl(self) -> torch.Tensor:
+        return kl_sparse_vd(self.log_alpha).sum()
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", kept={int(self.keep_mask().sum())}"
+
+
+def variational_layers(model: nn.Module) -> dict[str, VariationalLoRALinear]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, VariationalLoRALinear)}
+
+
+@contextmanager
+def sampling(model: nn.Module, on: bool = True):
+    """Switch every LRVD layer's noise on (or off) inside the block, whatever train()/eval() says."""
+    layers = variational_layers(model).values()
+    before = [layer.sampling for layer in layers]
+    for layer in layers:
+        layer.sampling = on
+    try:
+        yield model
+    finally:
+        for layer, state in zip(layers, before):
+            layer.sampling = state
+
+
+def rank_log_alpha(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``{layer name: log α (r,)}``, detached."""
+    return {name: layer.log_alpha.detach().clone() for name, layer in variational_layers(model).items()}
+
+
+def kept_ranks(model: nn.Module, threshold: float = THRESHOLD) -> dict[str, int]:
+    return {name: int(layer.keep_mask(threshold).sum()) for name, layer in variational_layers(model).items()}
+
+
+def total_kl(model: nn.Module) -> torch.Tensor:
+    layers = variational_layers(model)
+    if not layers:
+        raise ValueError("the model has no VariationalLoRALinear layers.")
+    return torch.stack([layer.kl() for layer in layers.values()]).sum()
+
+
+@dataclass
+class LRVDLoss:
+    """Negative ELBO per training example for ``train.fit``: CE (noise on) + β(step) · KL / n_train.
+
+    β rises linearly from 0 to ``kl_weight`` over ``warmup_steps`` calls (KL warm-up), so the
+    adapter first learns the task and only then starts switching rank components off.
+    """
+
+    n_train: int
+    warmup_steps: int = 0
+    kl_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.n_train < 1:
+            raise ValueError(f"n_train must be positive, got {self.n_train}.")
+        self.calls = 0
+
+    def beta(self) -> float:
+        if self.warmup_steps <= 0:
+            return self.kl_weight
+        return self.kl_weight * min(1.0, self.calls / self.warmup_steps)
+
+    def __call__(self, model: nn.Module, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
+        with sampling(model):
+            ce = F.cross_entropy(model(**inputs), labels)
+        loss = ce + self.beta() * total_kl(model) / self.n_train
+        self.calls += 1
+        return loss
+
+
+def prune_layer(layer: VariationalLoRALinear, threshold: float = THRESHOLD) -> nn.Module:
+    """A plain ``LoRALinear`` holding the kept rank components (or the bare base layer if none is kept).
+
+    Its scaling is the original α_lora/r, so its output equals ``layer``'s mean path with this threshold.
+    """
+    keep = layer.keep_mask(threshold)
+    k = int(keep.sum())
+    if k == 0:
+        return layer.base
+    plain = LoRALinear(layer.base, k, layer.scaling * k, dropout=0.0)
+    plain.dropout = layer.dropout
+    with torch.no_grad():
+        plain.lora_A.copy_(layer.lora_A[keep])
+        plain.lora_B.copy_(layer.lora_B[:, keep])
+    return plain.to(layer.lora_A.device)
+
+
+def prune(model: nn.Module, threshold: float = THRESHOLD) -> nn.Module:
+    """A copy of ``model`` with every LRVD layer replaced by a plain LoRA of its kept ranks."""
+    pruned = copy.deepcopy(model)
+    for name, layer in variational_layers(pruned).items():
+        parent_name, _, child = name.rpartition(".")
+        parent = pruned.get_submodule(parent_name) if parent_name else pruned
+        setattr(parent, child, prune_layer(layer, threshold))
+    return pruned
+
+
+def adapter_numbers(model: nn.Module) -> int:
+    """Trainable numbers a model's adapters hold for inference: A and B of every LoRA layer (log α excluded)."""
+    return sum(m.lora_A.numel() + m.lora_B.numel() for m in model.modules() if isinstance(m, LoRALinear))

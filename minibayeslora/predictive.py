@@ -1,0 +1,70 @@
+"""One interface for every predictive method: ``predict_samples(inputs, S) -> (S, N, C)`` probabilities.
+
+A method is any object with that method. ``inputs`` is one batch of model kwargs (token ids or a
+prefix-cache batch) for N examples; the S samples are S draws from the method's predictive
+distribution (S = 1 for a point estimate). ``sample_probabilities`` runs a method over a whole
+dataset, and ``metrics`` turns the result into numbers (p̄ = mean over S).
+
+Noise is switched on explicitly by each method and the model stays in ``eval()`` mode (design §7).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from torch import nn
+
+
+class Predictive(Protocol):
+    def predict_samples(self, inputs: dict, S: int) -> torch.Tensor: ...
+
+
+def repeat_batch(inputs: dict, S: int) -> dict:
+    """Stack S copies of a batch along its first dimension (N -> S·N); non-tensor values pass through."""
+    n = next(v.shape[0] for v in inputs.values() if torch.is_tensor(v))
+    return {k: v.repeat(S, *([1] * (v.dim() - 1))) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n else v
+            for k, v in inputs.items()}
+
+
+class MAP:
+    """The trained model itself: one sample, (1, N, C), whatever S is asked for."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @torch.no_grad()
+    def predict_samples(self, inputs: dict, S: int = 1) -> torch.Tensor:
+        self.model.eval()
+        return self.model(**inputs).float().softmax(-1).unsqueeze(0)
+
+
+class LRVDSampler:
+    """S draws of the rank noise of an LRVD model, in one forward pass over S stacked copies of the batch."""
+
+    def __init__(self, model: nn.Module, seed: int = 0):
+        from .lrvd import variational_layers
+
+        if not variational_layers(model):
+            raise ValueError("the model has no VariationalLoRALinear layers (inject with layer_cls=VariationalLoRALinear).")
+        self.model, self.seed = model, seed
+
+    @torch.no_grad()
+    def predict_samples(self, inputs: dict, S: int) -> torch.Tensor:
+        from .lrvd import sampling
+
+        if S < 1:
+            raise ValueError(f"S must be ≥ 1, got {S}.")
+        self.model.eval()
+        with torch.random.fork_rng(devices=[]), sampling(self.model):
+            torch.manual_seed(self.seed)
+            logits = self.model(**repeat_batch(inputs, S))
+        return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
+
+
+def sample_probabilities(method: Predictive, data, S: int, batch_size: int = 64) -> torch.Tensor:
+    """``method.predict_samples`` over a whole ClassificationData: (S', N, C) with rows in data order."""
+    from .train import batched_logits
+
+    samples = batched_logits(lambda inputs: method.predict_samples(inputs, S).transpose(0, 1), data, batch_size)
+    return samples.transpose(0, 1).contiguous()

@@ -1,0 +1,61 @@
+import pytest
+import torch
+
+from minibayeslora.lora import inject_lora
+from minibayeslora.lrvd import VariationalLoRALinear, sampling
+from minibayeslora.predictive import MAP, LRVDSampler, repeat_batch, sample_probabilities
+from minibayeslora.train import make_data
+
+
+@pytest.fixture
+def lrvd_model(minilm_fresh):
+    layers = inject_lora(minilm_fresh, ["query", "value"], r=4, alpha=8, layers=[5], layer_cls=VariationalLoRALinear)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(std=0.5)
+            layer.log_alpha.fill_(0.0)
+    return minilm_fresh
+
+
+def test_repeat_batch_stacks_tensors_only():
+    batch = {"prefix_hidden": torch.arange(6.0).view(3, 2), "attention_mask": torch.ones(3, 2), "start_layer": 4}
+    stacked = repeat_batch(batch, 2)
+    assert stacked["prefix_hidden"].shape == (6, 2) and stacked["start_layer"] == 4
+    torch.testing.assert_close(stacked["prefix_hidden"][3:], batch["prefix_hidden"])
+
+
+def test_map_and_sample_probabilities_keep_data_order(lrvd_model, task, isolated_cache):
+    data = make_data(lrvd_model, task.val.subset(20, seed=0))
+    probs = sample_probabilities(MAP(lrvd_model), data, S=1, batch_size=6)
+    assert probs.shape == (1, 20, 2)
+    with torch.no_grad():  # brute force, one example at a time, in data order
+        expected = torch.cat([lrvd_model(**data.inputs(torch.tensor([i]))).softmax(-1) for i in range(20)])
+    torch.testing.assert_close(probs[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lrvd_sampler_draws_noise_in_one_stacked_pass(lrvd_model, task, isolated_cache):
+    data = make_data(lrvd_model, task.val.subset(8, seed=0))
+    inputs = data.inputs(torch.arange(8))
+    sampler = LRVDSampler(lrvd_model, seed=3)
+    samples = sampler.predict_samples(inputs, S=5)
+    assert samples.shape == (5, 8, 2)
+    torch.testing.assert_close(samples.sum(-1), torch.ones(5, 8))
+    assert samples.std(0).max() > 1e-3, "the draws differ"
+    torch.testing.assert_close(sampler.predict_samples(inputs, S=5), samples)  # seeded: reproducible
+    assert not any(m.sampling for m in lrvd_model.modules() if isinstance(m, VariationalLoRALinear)), "noise off again"
+    # with the noise turned off (α → 0) every draw equals the mean path
+    for module in lrvd_model.modules():
+        if isinstance(module, VariationalLoRALinear):
+            module.log_alpha.data.fill_(-40.0)
+    torch.testing.assert_close(sampler.predict_samples(inputs, S=3), MAP(lrvd_model).predict_samples(inputs).expand(3, -1, -1),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="S must"):
+        sampler.predict_samples(inputs, S=0)
+
+
+def test_lrvd_sampler_needs_lrvd_layers(minilm_fresh):
+    inject_lora(minilm_fresh, ["query"], r=2, alpha=4, layers=[5])
+    with pytest.raises(ValueError, match="VariationalLoRALinear"):
+        LRVDSampler(minilm_fresh)
+    with sampling(minilm_fresh):  # no LRVD layers: a no-op, not an error
+        pass
