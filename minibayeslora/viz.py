@@ -106,7 +106,8 @@ def plot_curve_explorer(explorer: CurveExplorer, t: float):
     i = explorer.index(t)
     t_now, path = explorer.ts[i], explorer.path
     ncols = 3 if explorer.plane is not None else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5 * ncols, 3.6), gridspec_kw={"width_ratios": [1.1, 1, 1.2][-ncols:]})
+    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.8), layout="constrained",
+                             gridspec_kw={"width_ratios": [1.0, 0.8, 1.0][-ncols:]})
     along = axes[0]
     twin = along.twinx()
     for split, losses in path["nll"].items():
@@ -136,7 +137,6 @@ def plot_curve_explorer(explorer: CurveExplorer, t: float):
     bars.invert_yaxis()
     bars.set(xlim=(0, 1), xlabel="p(class | review)", title="Predictive distribution at θ(t)")
     bars.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
     return fig
 
 
