@@ -156,3 +156,6 @@ def check_trainable_count(count_trainable) -> bool:
 from .checks_paths import (  # noqa: E402,F401
     check_barrier, check_bernstein, check_bezier_point, check_gauge, check_interpolate, check_locate,
 )
+
+# Checks of the rank-selection exercises (notebook 05).
+from .checks_lrvd import check_kl_sparse_vd, check_local_reparameterisation, check_prune  # noqa: E402,F401
