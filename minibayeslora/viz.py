@@ -200,3 +200,33 @@ def mi_histograms(scores: dict, bins: int = 30, xlabel: str = "mutual informatio
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def plot_threshold_sweep(sweep, threshold: float):
+    """What pruning at a log α threshold keeps, and what it costs.
+
+    ``sweep`` is a DataFrame with one row per threshold: ``threshold``, ``adapter numbers``,
+    ``test acc``, ``test ECE`` and one ``kept <layer>`` column per adapted layer. Left: kept
+    ranks per layer at the row nearest ``threshold``; right: accuracy and ECE against the
+    threshold, with a marker there.
+    """
+    import matplotlib.pyplot as plt
+
+    missing = {"threshold", "adapter numbers", "test acc", "test ECE"} - set(sweep.columns)
+    kept_columns = [c for c in sweep.columns if c.startswith("kept ")]
+    if missing or not kept_columns:
+        raise KeyError(f"the sweep table lacks columns {sorted(missing) or ['kept <layer>']}.")
+    i = int(np.abs(sweep["threshold"].to_numpy() - float(threshold)).argmin())
+    row = sweep.iloc[i]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
+    left.bar(range(len(kept_columns)), [row[c] for c in kept_columns])
+    left.set_xticks(range(len(kept_columns)), [c.removeprefix("kept ") for c in kept_columns], rotation=30, fontsize=8)
+    left.set(ylabel="kept rank", title=f"log α ≤ {row['threshold']:g}: {int(row['adapter numbers']):,} adapter numbers")
+    right.plot(sweep["threshold"], sweep["test acc"], "o-", label="test accuracy")
+    right.plot([row["threshold"]], [row["test acc"]], "o", color="k", ms=9)
+    twin = right.twinx()
+    twin.plot(sweep["threshold"], sweep["test ECE"], "s--", color="tab:orange", label="test ECE")
+    twin.set_ylabel("ECE (dashed)")
+    right.axvline(row["threshold"], color="k", lw=1)
+    right.set(xlabel="log α threshold", ylabel="accuracy", title="Accuracy and calibration after pruning")
+    return fig

@@ -107,3 +107,16 @@ def test_mi_histograms_one_step_histogram_per_set():
     ax = fig.axes[0]
     assert len(ax.patches) == 2
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["RT test (mean 0.010)", "drug reviews (mean 0.075)"]
+
+
+def test_threshold_sweep_shows_the_nearest_row():
+    sweep = pd.DataFrame({"threshold": [1.0, 2.0, 3.0], "adapter numbers": [100, 200, 300], "test acc": [0.7, 0.75, 0.8],
+                          "test ECE": [0.05, 0.04, 0.03], "kept 3.query": [1, 2, 3], "kept 3.value": [0, 1, 2]})
+    fig = viz.plot_threshold_sweep(sweep, 2.2)
+    left, right = fig.axes[0], fig.axes[1]
+    assert [p.get_height() for p in left.patches] == [2, 1]
+    assert "200 adapter numbers" in left.get_title() and "2" in left.get_title()
+    marker = [line for line in right.lines if line.get_marker() == "o" and len(line.get_xdata()) == 1][0]
+    assert (marker.get_xdata()[0], marker.get_ydata()[0]) == (2.0, 0.75)
+    with pytest.raises(KeyError, match="kept"):
+        viz.plot_threshold_sweep(sweep.drop(columns=["kept 3.query", "kept 3.value"]), 1.0)
