@@ -19,11 +19,17 @@ def fixed_batch(model, batch: int, length: int) -> tuple[dict, torch.Tensor]:
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, labels
 
 
-def training_step(model, optimizer, batch: dict, labels: torch.Tensor) -> Callable[[], float]:
-    """A closure running forward + backward + optimizer step; returns its wall time in seconds."""
+def training_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: Callable | None = None) -> Callable[[], float]:
+    """A closure running forward + backward + optimizer step; returns its wall time in seconds.
+
+    ``loss_fn(model, batch, labels)`` defaults to the cross-entropy of ``model(**batch)``.
+    """
     def step() -> float:
         t0 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(**batch), labels)
+        if loss_fn is None:
+            loss = torch.nn.functional.cross_entropy(model(**batch), labels)
+        else:
+            loss = loss_fn(model, batch, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

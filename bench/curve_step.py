@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 
 import torch
 
@@ -42,17 +41,8 @@ def main() -> None:
     split = data.load_task().train.subset(args.batch, seed=0)
     cached = make_data(plain, split)
     batch, labels = cached.inputs(torch.arange(args.batch)), cached.labels
-    loss = CurveLoss(n_t=1, seed=0)
-
-    def curve_step() -> float:
-        t0 = time.perf_counter()
-        value = loss(curve, batch, labels)
-        curve_opt.zero_grad(set_to_none=True)
-        value.backward()
-        curve_opt.step()
-        return time.perf_counter() - t0
-
-    curve_opt = torch.optim.AdamW([p for p in curve.parameters() if p.requires_grad], lr=1e-4)
+    curve_step = training_step(curve, torch.optim.AdamW([p for p in curve.parameters() if p.requires_grad], lr=1e-4),
+                               batch, labels, loss_fn=CurveLoss(n_t=1, seed=0))
     plain_step = training_step(plain, torch.optim.AdamW([p for p in plain.parameters() if p.requires_grad], lr=1e-4),
                                batch, labels)
     med = interleaved_medians({"plain": plain_step, "curve": curve_step}, args.repeats)

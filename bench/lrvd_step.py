@@ -11,7 +11,6 @@ ratio LRVD / LoRA (target ≤ 1.1).
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
@@ -40,20 +39,12 @@ def main() -> None:
     split = data.load_task().train.subset(args.batch, seed=0)
     cached = make_data(models["lora"], split)
     batch, labels = cached.inputs(torch.arange(args.batch)), cached.labels
-    loss = LRVDLoss(n_train=8929)
-    model = models["lrvd"]
-    lrvd_opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    def trainable(model):
+        return [p for p in model.parameters() if p.requires_grad]
 
-    def lrvd_step() -> float:
-        t0 = time.perf_counter()
-        value = loss(model, batch, labels)
-        lrvd_opt.zero_grad(set_to_none=True)
-        value.backward()
-        lrvd_opt.step()
-        return time.perf_counter() - t0
-
-    lora_step = training_step(models["lora"], torch.optim.AdamW([p for p in models["lora"].parameters() if p.requires_grad], lr=1e-4),
-                              batch, labels)
+    lrvd_step = training_step(models["lrvd"], torch.optim.AdamW(trainable(models["lrvd"]), lr=1e-4), batch, labels,
+                              loss_fn=LRVDLoss(n_train=8929))
+    lora_step = training_step(models["lora"], torch.optim.AdamW(trainable(models["lora"]), lr=1e-4), batch, labels)
     med = interleaved_medians({"lora": lora_step, "lrvd": lrvd_step}, args.repeats)
     print(f"MiniLM + r={args.rank} (q/v, layers 3-5) on the prefix cache, batch {args.batch}; "
           f"{args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
