@@ -10,6 +10,7 @@ Noise is switched on explicitly by each method and the model stays in ``eval()``
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import Protocol
 
 import torch
@@ -18,6 +19,16 @@ from torch import nn
 
 class Predictive(Protocol):
     def predict_samples(self, inputs: dict, S: int) -> torch.Tensor: ...
+
+
+@contextmanager
+def _eval_mode(model: nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def repeat_batch(inputs: dict, S: int) -> dict:
@@ -35,8 +46,8 @@ class MAP:
 
     @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int = 1) -> torch.Tensor:
-        self.model.eval()
-        return self.model(**inputs).float().softmax(-1).unsqueeze(0)
+        with _eval_mode(self.model):
+            return self.model(**inputs).float().softmax(-1).unsqueeze(0)
 
 
 class LRVDSampler:
@@ -55,8 +66,7 @@ class LRVDSampler:
 
         if S < 1:
             raise ValueError(f"S must be ≥ 1, got {S}.")
-        self.model.eval()
-        with torch.random.fork_rng(devices=[]), sampling(self.model):
+        with _eval_mode(self.model), torch.random.fork_rng(devices=[]), sampling(self.model):
             torch.manual_seed(self.seed)
             logits = self.model(**repeat_batch(inputs, S))
         return logits.float().softmax(-1).view(S, -1, logits.shape[-1])

@@ -162,7 +162,7 @@ def cross_entropy(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def batched_logits(forward: Callable, data: ClassificationData, batch_size: int = 64) -> torch.Tensor:
-    """``forward(inputs) -> logits`` over the whole dataset in batches: (N, C), rows in data order.
+    """``forward(inputs) -> (n, ...)`` (logits, or any per-example output) over the whole dataset: (N, ...), rows in data order.
 
     Batches are taken in order of length where the data know their lengths, so each batch is
     padded to nearly its own length (2-3x faster than random batches on this CPU).

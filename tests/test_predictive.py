@@ -59,3 +59,11 @@ def test_lrvd_sampler_needs_lrvd_layers(minilm_fresh):
         LRVDSampler(minilm_fresh)
     with sampling(minilm_fresh):  # no LRVD layers: a no-op, not an error
         pass
+
+
+def test_predicting_leaves_the_train_flag_as_it_was(lrvd_model, task, isolated_cache):
+    data = make_data(lrvd_model, task.val.subset(4, seed=0))
+    lrvd_model.train()
+    MAP(lrvd_model).predict_samples(data.inputs(torch.arange(4)))
+    LRVDSampler(lrvd_model).predict_samples(data.inputs(torch.arange(4)), S=2)
+    assert lrvd_model.training
