@@ -78,3 +78,59 @@ def sample_probabilities(method: Predictive, data, S: int, batch_size: int = 64)
 
     samples = batched_logits(lambda inputs: method.predict_samples(inputs, S).transpose(0, 1), data, batch_size)
     return samples.transpose(0, 1).contiguous()
+
+
+class MCDropout:
+    """Dropout on each adapter's input (``LoRALinear(dropout=p)``), switched on only while sampling.
+
+    The model stays in ``eval()``; the S draws run as one pass over S stacked copies of the batch.
+    """
+
+    def __init__(self, model: nn.Module, seed: int = 0):
+        from .lora import lora_layers
+
+        self.dropouts = [layer.dropout for layer in lora_layers(model).values() if isinstance(layer.dropout, nn.Dropout)]
+        if not self.dropouts:
+            raise ValueError("the model's LoRA layers have no dropout: inject with dropout > 0.")
+        self.model, self.seed = model, seed
+
+    @torch.no_grad()
+    def predict_samples(self, inputs: dict, S: int) -> torch.Tensor:
+        if S < 1:
+            raise ValueError(f"S must be ≥ 1, got {S}.")
+        with _eval_mode(self.model), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed)
+            for dropout in self.dropouts:
+                dropout.train()
+            try:
+                logits = self.model(**repeat_batch(inputs, S))
+            finally:
+                for dropout in self.dropouts:
+                    dropout.eval()
+        return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
+
+
+class StateAverage:
+    """Average over a list of adapter states (a deep ensemble, or points of a curve): (len(states), N, C).
+
+    Each state replaces the model's own tensors through ``functional_call``; S is fixed by the list.
+    """
+
+    def __init__(self, model: nn.Module, states: list[dict]):
+        if not states:
+            raise ValueError("no adapter states to average over.")
+        self.model, self.states = model, list(states)
+
+    @torch.no_grad()
+    def predict_samples(self, inputs: dict, S: int | None = None) -> torch.Tensor:
+        from torch.func import functional_call
+
+        with _eval_mode(self.model):
+            return torch.stack([functional_call(self.model, state, args=(), kwargs=inputs, strict=False).float().softmax(-1)
+                                for state in self.states])
+
+
+def curve_states(chain, ts) -> list[dict]:
+    """The chain's points θ(t) for each t, detached: the states of a curve BMA on a t grid."""
+    with torch.no_grad():
+        return [{k: v.detach() for k, v in chain.point(float(t)).items()} for t in ts]

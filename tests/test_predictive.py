@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 
@@ -67,3 +69,53 @@ def test_predicting_leaves_the_train_flag_as_it_was(lrvd_model, task, isolated_c
     MAP(lrvd_model).predict_samples(data.inputs(torch.arange(4)))
     LRVDSampler(lrvd_model).predict_samples(data.inputs(torch.arange(4)), S=2)
     assert lrvd_model.training
+
+
+def test_mc_dropout_samples_only_inside_its_call(minilm_fresh, task, isolated_cache):
+    from minibayeslora.predictive import MCDropout
+
+    inject_lora(minilm_fresh, ["query", "value"], r=2, alpha=4, layers=[5], dropout=0.3)
+    for module in minilm_fresh.modules():
+        if hasattr(module, "lora_B"):
+            module.lora_B.data.normal_(std=0.5)
+    data = make_data(minilm_fresh, task.val.subset(6, seed=0))
+    inputs = data.inputs(torch.arange(6))
+    mc = MCDropout(minilm_fresh, seed=1)
+    samples = mc.predict_samples(inputs, S=4)
+    assert samples.shape == (4, 6, 2) and samples.std(0).max() > 1e-4
+    torch.testing.assert_close(mc.predict_samples(inputs, S=4), samples)
+    # outside the call, dropout is off again: the deterministic prediction is back
+    torch.testing.assert_close(MAP(minilm_fresh).predict_samples(inputs), MAP(minilm_fresh).predict_samples(inputs))
+    assert not any(m.training for m in minilm_fresh.modules())
+    without_dropout = _no_dropout(copy.deepcopy(minilm_fresh))
+    with pytest.raises(ValueError, match="dropout"):
+        MCDropout(without_dropout)
+
+
+def _no_dropout(model):
+    for module in model.modules():
+        if hasattr(module, "lora_B"):
+            module.dropout = torch.nn.Identity()
+    return model
+
+
+def test_state_average_equals_loading_each_state(minilm_fresh, task, isolated_cache):
+    from minibayeslora.curves import BezierChain
+    from minibayeslora.lora import adapter_state, load_adapter_state
+    from minibayeslora.predictive import StateAverage, curve_states
+
+    inject_lora(minilm_fresh, ["query"], r=2, alpha=4, layers=[5])
+    base = adapter_state(minilm_fresh)
+    g = torch.Generator().manual_seed(0)
+    states = [{k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(3)]
+    data = make_data(minilm_fresh, task.val.subset(5, seed=0))
+    inputs = data.inputs(torch.arange(5))
+    got = StateAverage(minilm_fresh, states).predict_samples(inputs)
+    for i, state in enumerate(states):
+        load_adapter_state(minilm_fresh, state)
+        torch.testing.assert_close(got[i], MAP(minilm_fresh).predict_samples(inputs)[0], atol=1e-6, rtol=1e-5)
+    chain = BezierChain(states[:2], degree=2)
+    ends = curve_states(chain, [0.0, 1.0])
+    torch.testing.assert_close(StateAverage(minilm_fresh, ends).predict_samples(inputs), got[:2], atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError):
+        StateAverage(minilm_fresh, [])
