@@ -38,6 +38,20 @@ def repeat_batch(inputs: dict, S: int) -> dict:
             for k, v in inputs.items()}
 
 
+@torch.no_grad()
+def stacked_draws(model: nn.Module, inputs: dict, S: int, seed: int, noise_on) -> torch.Tensor:
+    """S seeded draws of a per-example noise in one eval-mode pass over S stacked copies: (S, N, C).
+
+    ``noise_on`` is a context manager that switches the method's noise on for the pass.
+    """
+    if S < 1:
+        raise ValueError(f"S must be ≥ 1, got {S}.")
+    with _eval_mode(model), torch.random.fork_rng(devices=[]), noise_on:
+        torch.manual_seed(seed)
+        logits = model(**repeat_batch(inputs, S))
+    return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
+
+
 class MAP:
     """The trained model itself: one sample, (1, N, C), whatever S is asked for."""
 
@@ -60,16 +74,10 @@ class LRVDSampler:
             raise ValueError("the model has no VariationalLoRALinear layers (inject with layer_cls=VariationalLoRALinear).")
         self.model, self.seed = model, seed
 
-    @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int) -> torch.Tensor:
         from .lrvd import sampling
 
-        if S < 1:
-            raise ValueError(f"S must be ≥ 1, got {S}.")
-        with _eval_mode(self.model), torch.random.fork_rng(devices=[]), sampling(self.model):
-            torch.manual_seed(self.seed)
-            logits = self.model(**repeat_batch(inputs, S))
-        return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
+        return stacked_draws(self.model, inputs, S, self.seed, sampling(self.model))
 
 
 def sample_probabilities(method: Predictive, data, S: int, batch_size: int = 64) -> torch.Tensor:
@@ -94,20 +102,18 @@ class MCDropout:
             raise ValueError("the model's LoRA layers have no dropout: inject with dropout > 0.")
         self.model, self.seed = model, seed
 
-    @torch.no_grad()
-    def predict_samples(self, inputs: dict, S: int) -> torch.Tensor:
-        if S < 1:
-            raise ValueError(f"S must be ≥ 1, got {S}.")
-        with _eval_mode(self.model), torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed)
+    @contextmanager
+    def _dropout_on(self):
+        for dropout in self.dropouts:
+            dropout.train()
+        try:
+            yield
+        finally:
             for dropout in self.dropouts:
-                dropout.train()
-            try:
-                logits = self.model(**repeat_batch(inputs, S))
-            finally:
-                for dropout in self.dropouts:
-                    dropout.eval()
-        return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
+                dropout.eval()
+
+    def predict_samples(self, inputs: dict, S: int) -> torch.Tensor:
+        return stacked_draws(self.model, inputs, S, self.seed, self._dropout_on())
 
 
 class StateAverage:
