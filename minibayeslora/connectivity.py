@@ -108,20 +108,16 @@ def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 
     import torch.nn.functional as F
     from torch.func import functional_call
 
-    from .train import batched_logits
+    from .train import batched_logits, eval_mode
 
-    was_training = model.training
-    model.eval()
     nll, acc = [], []
-    try:
+    with eval_mode(model):
         for t in ts:
             state = state_at(float(t))
             logits = batched_logits(lambda inputs: functional_call(model, state, args=(), kwargs=inputs, strict=False),
                                     data, batch_size)
             nll.append(F.cross_entropy(logits, data.labels).item())
             acc.append((logits.argmax(1) == data.labels).float().mean().item())
-    finally:
-        model.train(was_training)
     return {"t": [float(t) for t in ts], "nll": nll, "acc": acc}
 
 
@@ -130,13 +126,11 @@ def probabilities_along(model: torch.nn.Module, state_at, inputs: dict, ts) -> t
     """Class probabilities of one batch of ``inputs`` at ``state_at(t)`` for each t: (len(ts), N, C)."""
     from torch.func import functional_call
 
-    was_training = model.training
-    model.eval()
-    try:
+    from .train import eval_mode
+
+    with eval_mode(model):
         return torch.stack([functional_call(model, state_at(float(t)), args=(), kwargs=inputs, strict=False).float().softmax(-1)
                             for t in ts])
-    finally:
-        model.train(was_training)
 
 
 def _flatten(state: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -16,19 +16,11 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from .train import batched_logits, eval_mode
+
 
 class Predictive(Protocol):
     def predict_samples(self, inputs: dict, S: int) -> torch.Tensor: ...
-
-
-@contextmanager
-def _eval_mode(model: nn.Module):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def repeat_batch(inputs: dict, S: int) -> dict:
@@ -46,7 +38,7 @@ def stacked_draws(model: nn.Module, inputs: dict, S: int, seed: int, noise_on) -
     """
     if S < 1:
         raise ValueError(f"S must be ≥ 1, got {S}.")
-    with _eval_mode(model), torch.random.fork_rng(devices=[]), noise_on:
+    with eval_mode(model), torch.random.fork_rng(devices=[]), noise_on:
         torch.manual_seed(seed)
         logits = model(**repeat_batch(inputs, S))
     return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
@@ -60,7 +52,7 @@ class MAP:
 
     @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int = 1) -> torch.Tensor:
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             return self.model(**inputs).float().softmax(-1).unsqueeze(0)
 
 
@@ -82,8 +74,6 @@ class LRVDSampler:
 
 def sample_probabilities(method: Predictive, data, S: int, batch_size: int = 64) -> torch.Tensor:
     """``method.predict_samples`` over a whole ClassificationData: (S', N, C) with rows in data order."""
-    from .train import batched_logits
-
     samples = batched_logits(lambda inputs: method.predict_samples(inputs, S).transpose(0, 1), data, batch_size)
     return samples.transpose(0, 1).contiguous()
 
@@ -131,7 +121,7 @@ class StateAverage:
     def predict_samples(self, inputs: dict, S: int | None = None) -> torch.Tensor:
         from torch.func import functional_call
 
-        with _eval_mode(self.model):
+        with eval_mode(self.model):
             return torch.stack([functional_call(self.model, state, args=(), kwargs=inputs, strict=False).float().softmax(-1)
                                 for state in self.states])
 

@@ -26,6 +26,7 @@ import math
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -160,6 +161,17 @@ def cross_entropy(model, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(model(**inputs), labels)
 
 
+@contextmanager
+def eval_mode(model):
+    """``model.eval()`` inside the block; the caller's train/eval flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def batched_logits(forward: Callable, data: ClassificationData, batch_size: int = 64) -> torch.Tensor:
     """``forward(inputs) -> (n, ...)`` (logits, or any per-example output) over the whole dataset: (N, ...), rows in data order.
@@ -177,12 +189,8 @@ def batched_logits(forward: Callable, data: ClassificationData, batch_size: int 
 
 def predict_logits(model, data: ClassificationData, batch_size: int = 64) -> torch.Tensor:
     """Logits (N, C) of the whole dataset, in eval mode."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return batched_logits(lambda inputs: model(**inputs), data, batch_size)
-    finally:
-        model.train(was_training)
 
 
 def evaluate(model, data: ClassificationData, batch_size: int = 64) -> dict:
