@@ -145,10 +145,11 @@ class TrainConfig:
 
 @dataclass
 class History:
-    """``steps``/``train_loss`` per step; ``eval`` rows {step, val_nll, val_acc}; the kept step."""
+    """``train_loss`` per step; ``eval`` rows {step, val_nll, val_acc}; ``records`` rows {step, **record(model)}; the kept step."""
 
     train_loss: list[float] = field(default_factory=list)
     eval: list[dict] = field(default_factory=list)
+    records: list[dict] = field(default_factory=list)
     best_step: int = 0
     seconds: float = 0.0
     from_cache: bool = False
@@ -202,8 +203,13 @@ def evaluate(model, data: ClassificationData, batch_size: int = 64) -> dict:
 
 def fit(model, train_data: ClassificationData, val_data: ClassificationData | None = None,
         cfg: TrainConfig | None = None, loss_fn: Callable = cross_entropy, cache_key: dict | None = None,
-        progress: bool = True) -> History:
-    """Train the model's trainable tensors; return the History. See the module docstring."""
+        progress: bool = True, record: Callable | None = None, record_every: int = 50) -> History:
+    """Train the model's trainable tensors; return the History. See the module docstring.
+
+    ``record(model) -> dict`` of JSON-able values (e.g. every layer's log α as lists), if given, is
+    called at step 0 and every ``record_every`` steps; its rows land in ``History.records`` and are
+    cached with the adapter, so a cached run still has its trajectories.
+    """
     cfg = cfg or TrainConfig()
     if cfg.steps < 1 or cfg.batch_size < 1:
         raise ValueError(f"steps and batch_size must be positive, got {cfg.steps} and {cfg.batch_size}.")
@@ -225,6 +231,10 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cfg.lr_factor)
     history, best_nll, best_state = History(), float("inf"), None
     start, order = time.perf_counter(), torch.empty(0, dtype=torch.long)
+    if record is not None:
+        if record_every < 1:
+            raise ValueError(f"record_every must be positive, got {record_every}.")
+        history.records.append({"step": 0, **record(model)})
     model.train()
     bar = tqdm(range(1, cfg.steps + 1), desc="training", disable=not progress, leave=False)
     for step in bar:
@@ -239,6 +249,8 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
         optimizer.step()
         scheduler.step()
         history.train_loss.append(loss.item())
+        if record is not None and (step % record_every == 0 or step == cfg.steps):
+            history.records.append({"step": step, **record(model)})
         if val_data is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics = evaluate(model, val_data)
             history.eval.append({"step": step, "val_nll": metrics["nll"], "val_acc": metrics["acc"]})

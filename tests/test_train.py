@@ -122,3 +122,22 @@ def test_param_lr_gives_a_tensor_group_its_own_rate(minilm_fresh, small, isolate
     assert moved == {n for n in before if n.endswith("log_alpha")}, moved
     with pytest.raises(ValueError, match="no trainable tensor"):
         fit(minilm_fresh, make_data(minilm_fresh, small[0]), None, TrainConfig(steps=1, param_lr={"lora_C": 1.0}), progress=False)
+
+
+def test_records_follow_the_training_and_survive_the_cache(small, isolated_cache):
+    cfg = TrainConfig(steps=5, batch_size=16, eval_every=5, keep_best=False)
+
+    def head_norm(model):
+        return {"head norm": sum(p.detach().norm().item() for n, p in model.named_parameters() if n.startswith("head"))}
+
+    model = _fresh_adapted()
+    data = make_data(model, small[0])
+    first = fit(model, data, None, cfg, cache_key={"t": "records"}, progress=False, record=head_norm, record_every=2)
+    assert [row["step"] for row in first.records] == [0, 2, 4, 5]
+    assert first.records[-1]["head norm"] == pytest.approx(head_norm(model)["head norm"])
+    assert first.records[0]["head norm"] != first.records[-1]["head norm"], "the record must be taken during training"
+    model = _fresh_adapted()
+    second = fit(model, data, None, cfg, cache_key={"t": "records"}, progress=False, record=head_norm, record_every=2)
+    assert second.from_cache and second.records == first.records
+    with pytest.raises(ValueError, match="record_every"):
+        fit(_fresh_adapted(), data, None, cfg, progress=False, record=head_norm, record_every=0)
