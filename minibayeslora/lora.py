@@ -92,13 +92,15 @@ def layer_index(name: str) -> int | None:
 
 
 def inject_lora(model: nn.Module, target_modules, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-                layers=None, trainable_modules=("head",), layer_cls: type = None) -> dict[str, LoRALinear]:
+                layers=None, trainable_modules=("head",), layer_cls: type = None,
+                layer_kwargs: dict | None = None) -> dict[str, LoRALinear]:
     """Replace each matching linear by a ``LoRALinear`` and freeze everything else.
 
     ``target_modules``: names as in PEFT (a module matches when its name ends in ``.<target>``);
     ``layers``: block indices to adapt (None = all); ``trainable_modules``: submodules that stay
     trainable (the classifier head); ``layer_cls``: a ``LoRALinear`` subclass to inject instead
-    (e.g. ``lrvd.VariationalLoRALinear``). Returns ``{module name: LoRALinear}``.
+    (e.g. ``lrvd.VariationalLoRALinear``), built with ``layer_kwargs`` as extra keyword arguments
+    (e.g. ``{"init_log_alpha": 0.0}``). Returns ``{module name: LoRALinear}``.
     """
     layer_cls = layer_cls or LoRALinear
     if not (isinstance(layer_cls, type) and issubclass(layer_cls, LoRALinear)):
@@ -126,7 +128,7 @@ def inject_lora(model: nn.Module, target_modules, r: int = 8, alpha: float = 16.
     for name in chosen:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        lora = layer_cls(getattr(parent, child), r, alpha, dropout)
+        lora = layer_cls(getattr(parent, child), r, alpha, dropout, **(layer_kwargs or {}))
         device = next(getattr(parent, child).parameters()).device
         setattr(parent, child, lora.to(device) if not _is_quantized(lora.base) else _move_factors(lora, device))
         injected[name] = lora

@@ -5,8 +5,12 @@ Each rank component r of a LoRA layer gets one multiplicative Gaussian noise var
     y = W₀x + (α_lora/r) · B (z ⊙ A x),     z_r ~ N(1, α_r),  one learned log α_r per rank,
 
 so a layer adds r numbers to LoRA's (design §6). (α_r is the noise variance; the LoRA scaling
-α_lora/r is a different α.) **Local reparameterisation**: rather than sampling z, sample the
-bottleneck u = A x directly, u ~ N(A x, α ⊙ (A x)²), independently per token and rank.
+α_lora/r is a different α.) **Local reparameterisation**: rather than sampling z for the weights,
+sample the bottleneck u = A x directly, u ~ N(A x, α ⊙ (A x)²). Which draws share a z is a choice
+(``noise=``): ``"sequence"`` draws one z per example and uses it for all the example's tokens,
+u_t = z ⊙ A x_t, which is exactly one draw of the noisy weights per example; ``"token"`` draws
+independently per token, a cheaper-to-ignore noise, because the model averages it away over the
+tokens (mean pooling, attention). Inputs without a token axis (N, d_in) behave the same under both.
 
 **KL** (Molchanov et al., 2017, log-uniform prior), per log α, elementwise:
 
@@ -40,6 +44,7 @@ from torch import nn
 from .lora import LoRALinear
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
+NOISE_SHARING = ("sequence", "token")
 THRESHOLD = 3.0
 LOG_ALPHA_MAX = 10.0  # α beyond e¹⁰ changes nothing but overflows sooner
 
@@ -54,8 +59,11 @@ class VariationalLoRALinear(LoRALinear):
     """LoRA with a learned noise level per rank: ``log_alpha`` (r,). x: (..., d_in) -> y: (..., d_out)."""
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, init_log_alpha: float = -4.0,
-                 threshold: float | None = THRESHOLD):
+                 threshold: float | None = THRESHOLD, noise: str = "sequence"):
+        if noise not in NOISE_SHARING:
+            raise ValueError(f"noise must be one of {NOISE_SHARING}, got {noise!r}.")
         super().__init__(base, r, alpha, dropout)
+        self.noise = noise
         self.log_alpha = nn.Parameter(torch.full((r,), float(init_log_alpha)))
         self.threshold = threshold
         self.sampling = False
@@ -75,8 +83,12 @@ class VariationalLoRALinear(LoRALinear):
             return y
         u = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T                       # (..., r)
         if self.sampling:
-            std = u.abs() * (0.5 * self.log_alpha.clamp(max=LOG_ALPHA_MAX)).exp()
-            u = u + std * torch.randn_like(u)
+            std = (0.5 * self.log_alpha.clamp(max=LOG_ALPHA_MAX)).exp()
+            if self.noise == "token":
+                u = u + u.abs() * std * torch.randn_like(u)
+            else:  # one z per example, shared along every axis between the batch and the rank
+                shape = (u.shape[0],) + (1,) * (u.dim() - 2) + (u.shape[-1],) if u.dim() > 1 else u.shape
+                u = u * (1 + std * torch.randn(shape, dtype=u.dtype, device=u.device))
         else:
             u = u * self.keep_mask().to(u.dtype)
         return y + ((u @ self.lora_B.T) * self.scaling).to(y.dtype)
@@ -89,7 +101,7 @@ class VariationalLoRALinear(LoRALinear):
         return kl_sparse_vd(self.log_alpha).sum()
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", kept={int(self.keep_mask().sum())}"
+        return super().extra_repr() + f", kept={int(self.keep_mask().sum())}, noise={self.noise}"
 
 
 def variational_layers(model: nn.Module) -> dict[str, VariationalLoRALinear]:

@@ -118,3 +118,40 @@ def test_lrvd_loss_ramps_the_kl_in(minilm_fresh, task):
         lrvd.LRVDLoss(n_train=0)
     with pytest.raises(TypeError, match="subclass"):
         inject_lora(model, ["value"], layer_cls=nn.Linear)
+
+
+def test_sequence_noise_shares_one_z_per_example_and_token_noise_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 6).expand(3, 5, 6)  # 3 examples, each 5 copies of one token
+    for noise in ("sequence", "token"):
+        layer = VariationalLoRALinear(nn.Linear(6, 5), r=4, alpha=8, noise=noise)
+        with torch.no_grad():
+            layer.lora_B.normal_()
+            layer.log_alpha.fill_(0.0)
+            clean = layer(x)
+            with sampling(layer):
+                y = layer(x)
+        same_within = torch.allclose(y, y[:, :1].expand_as(y))
+        assert same_within == (noise == "sequence"), noise
+        assert not torch.allclose(y[0, 0], clean[0, 0])
+    # the shared draw is exactly one weight draw: W₀x + s·B(z ⊙ A x) with one z per example
+    layer = VariationalLoRALinear(nn.Linear(6, 5), r=4, alpha=8, noise="sequence")
+    with torch.no_grad():
+        layer.lora_B.normal_()
+        layer.log_alpha.copy_(torch.tensor([-1.0, 0.0, 0.5, 1.0]))
+        torch.manual_seed(3)
+        with sampling(layer):
+            y = layer(x)
+        torch.manual_seed(3)
+        z = 1 + layer.log_alpha.exp().sqrt() * torch.randn(3, 1, 4)
+        reference = layer.base(x) + layer.scaling * (z * (x @ layer.lora_A.T)) @ layer.lora_B.T
+    torch.testing.assert_close(y, reference)
+    with pytest.raises(ValueError, match="noise"):
+        VariationalLoRALinear(nn.Linear(6, 5), r=4, alpha=8, noise="layer")
+
+
+def test_inject_lora_passes_layer_kwargs(minilm_fresh):
+    layers = inject_lora(minilm_fresh, ["value"], r=2, alpha=4, layers=[5], layer_cls=VariationalLoRALinear,
+                         layer_kwargs={"init_log_alpha": 0.5, "noise": "token"})
+    (layer,) = layers.values()
+    assert layer.noise == "token" and torch.equal(layer.log_alpha.detach(), torch.full((2,), 0.5))
