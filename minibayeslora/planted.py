@@ -99,6 +99,18 @@ def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.rad2deg(torch.arccos(cosines))
 
 
+def component_angles(vectors: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """For each column of ``vectors`` (d, p): the angle in degrees to the nearest column of ``basis`` (d, q), up to sign.
+
+    Principal angles only compare spans; this asks whether each vector *is* one of the basis
+    directions (0°) or a mixture of them (up to 90°).
+    """
+    v = vectors.double() / vectors.double().norm(dim=0)
+    b = basis.double() / basis.double().norm(dim=0)
+    cosines = (b.T @ v).abs().max(0).values.clamp(max=1.0)
+    return torch.rad2deg(torch.arccos(cosines))
+
+
 def rank_components(layer: LoRALinear, keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(B columns (d_out, k), A rows as columns (d_in, k), strengths ‖b_r‖·‖a_r‖ (k,)) of the kept components."""
     B, A = layer.lora_B.detach(), layer.lora_A.detach()

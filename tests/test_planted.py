@@ -1,10 +1,13 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from minibayeslora.lora import LoRALinear
 from minibayeslora.lrvd import VariationalLoRALinear
-from minibayeslora.planted import LinearFitConfig, fit_linear, planted_rank_task, principal_angles, rank_components
+from minibayeslora.planted import (LinearFitConfig, component_angles, fit_linear, planted_rank_task, principal_angles,
+                                   rank_components)
 
 
 def test_principal_angles_match_scipy():
@@ -35,6 +38,8 @@ def test_lrvd_finds_the_planted_rank_where_lora_spreads_it():
     B, A, _ = rank_components(lrvd, keep)
     U, _, Vh = torch.linalg.svd(lrvd.delta_weight().detach())
     assert principal_angles(B, U[:, :3]).max() < 10 and principal_angles(A, Vh[:3].T).max() < 10
+    # stronger than the spans (automatic once exactly 3 are kept): each component is one singular direction
+    assert component_angles(B, U[:, :3]).max() < 10 and component_angles(A, Vh[:3].T).max() < 10
 
     torch.manual_seed(0)
     lora = LoRALinear(task.base, r=8, alpha=8)
@@ -43,3 +48,21 @@ def test_lrvd_finds_the_planted_rank_where_lora_spreads_it():
     top = strength.argsort(descending=True)[:3]
     U, _, Vh = torch.linalg.svd(lora.delta_weight().detach())
     assert principal_angles(A[:, top], Vh[:3].T).max() > 10, "plain LoRA's coordinates are not the SVD's"
+    assert component_angles(A[:, top], Vh[:3].T).max() > 10
+
+
+def test_component_angles_ask_for_each_vector_to_be_a_basis_direction():
+    from minibayeslora.planted import component_angles
+
+    basis, _ = torch.linalg.qr(torch.randn(12, 3, generator=torch.Generator().manual_seed(0)))
+    flipped = basis[:, [2, 0, 1]] * torch.tensor([-2.0, 1.0, 0.5])  # reordered, rescaled, sign-flipped
+    assert component_angles(flipped, basis).max() < 1e-3
+    mixed = basis @ torch.tensor([[1.0, 1.0, 0.0], [1.0, -1.0, 0.0], [0.0, 0.0, 1.0]])
+    torch.testing.assert_close(component_angles(mixed, basis), torch.tensor([45.0, 45.0, 0.0], dtype=torch.float64), atol=1e-4, rtol=0)
+    # brute force: the smallest angle over ±b_j for each vector
+    v = torch.randn(12, 4, generator=torch.Generator().manual_seed(1))
+    for i in range(4):
+        angles = [math.degrees(math.acos(min(1.0, abs(float(v[:, i] @ basis[:, j]) / float(v[:, i].norm())))))
+                  for j in range(3)]
+        assert component_angles(v, basis)[i].item() == pytest.approx(min(angles), abs=1e-4)
+    assert principal_angles(mixed, basis).max() < 1e-4, "yet the spans agree"
