@@ -230,3 +230,22 @@ def plot_threshold_sweep(sweep, threshold: float):
     right.axvline(row["threshold"], color="k", lw=1)
     right.set(xlabel="log α threshold", ylabel="accuracy", title="Accuracy and calibration after pruning")
     return fig
+
+
+def threshold_widget(sweep):
+    """A log α threshold slider over the precomputed ``sweep`` rows that redraws ``plot_threshold_sweep``."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    thresholds = [float(t) for t in sweep["threshold"]]
+    if not thresholds:
+        raise ValueError("the sweep table is empty.")
+
+    def show(threshold):
+        plot_threshold_sweep(sweep, threshold)
+        plt.show()
+
+    slider = widgets.SelectionSlider(options=[(f"{t:g}", t) for t in thresholds],
+                                     value=min(thresholds, key=lambda t: abs(t - 3.0)), description="log α ≤",
+                                     continuous_update=True, layout=widgets.Layout(width="60%"))
+    return widgets.interactive(show, threshold=slider)

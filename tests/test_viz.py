@@ -120,3 +120,17 @@ def test_threshold_sweep_shows_the_nearest_row():
     assert (marker.get_xdata()[0], marker.get_ydata()[0]) == (2.0, 0.75)
     with pytest.raises(KeyError, match="kept"):
         viz.plot_threshold_sweep(sweep.drop(columns=["kept 3.query", "kept 3.value"]), 1.0)
+
+
+def test_threshold_widget_starts_at_the_default_threshold_and_redraws():
+    import matplotlib.pyplot as plt
+
+    sweep = pd.DataFrame({"threshold": [1.0, 2.0, 3.0, 4.0], "adapter numbers": [100, 200, 300, 400],
+                          "test acc": [0.7, 0.75, 0.8, 0.8], "test ECE": [0.05, 0.04, 0.03, 0.03], "kept 3.query": [1, 2, 3, 4]})
+    widget = viz.threshold_widget(sweep)
+    slider = widget.children[0]
+    assert slider.value == 3.0 and len(slider.options) == 4
+    slider.value = 1.0  # must redraw without raising
+    plt.close("all")
+    with pytest.raises(ValueError, match="empty"):
+        viz.threshold_widget(sweep.iloc[:0])
