@@ -18,6 +18,7 @@ class probabilities averaged over ``eval_ts`` along the curve: a cheap curve-BMA
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -78,3 +79,60 @@ class CurveLoss:
         if self.extra is not None:
             loss = loss + self.extra(curve, logits, labels, ts)
         return loss
+
+
+def jsd_regulariser(lam: float) -> Callable:
+    """``CurveLoss(extra=jsd_regulariser(λ))``: −λ · mean over the batch of the JSD of the T predictions.
+
+    JSD_n = H[mean_j p_j(x_n)] − mean_j H[p_j(x_n)] over the T values of t drawn for the batch (T ≥ 2):
+    subtracting it rewards the points of the curve for disagreeing, so the curve spans different functions.
+    """
+    if lam < 0:
+        raise ValueError(f"λ must be ≥ 0, got {lam}.")
+
+    def extra(curve, logits: list, labels: torch.Tensor, ts) -> torch.Tensor:
+        if len(logits) < 2:
+            raise ValueError("the JSD regulariser needs at least two values of t per batch: CurveLoss(n_t=2) or more.")
+        probs = torch.stack([F.softmax(l.float(), -1) for l in logits])                       # (T, N, C)
+        entropy = lambda p: -(p * p.clamp_min(1e-30).log()).sum(-1)                          # noqa: E731
+        return -lam * (entropy(probs.mean(0)) - entropy(probs).mean(0)).mean()
+
+    return extra
+
+
+@dataclass
+class FlatPerturbation:
+    """``CurveLoss(perturb=FlatPerturbation(ρ))``: Gaussian noise on θ(t), scaled per row (after Flat-LoRA).
+
+    Each row w_i of every tensor (a 1-D tensor is one row) gets ε ~ N(0, σ_i² I) with
+    σ_i = ρ_eff · ‖w_i‖ / √n, n the row length, so the noise is a fixed fraction of each row's size.
+    ρ_eff ramps from 0 to ρ over the first ``ramp_calls`` calls (training calls it n_t times per step).
+    Also usable at prediction time (ramp_calls=0): each call draws fresh, seeded noise. The noise is
+    not differentiated through; gradients reach θ(t) as if unperturbed (θ̃ = θ + ε).
+    """
+
+    rho: float = 0.05
+    ramp_calls: int = 0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.rho < 0 or self.ramp_calls < 0:
+            raise ValueError(f"rho and ramp_calls must be ≥ 0, got {self.rho} and {self.ramp_calls}.")
+        self.calls = 0
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    def current_rho(self) -> float:
+        if self.ramp_calls == 0:
+            return self.rho
+        return self.rho * min(1.0, self.calls / self.ramp_calls)
+
+    def __call__(self, state: dict, t: float | None = None) -> dict:
+        rho = self.current_rho()
+        self.calls += 1
+        out = {}
+        for name, w in state.items():
+            rows = w.detach().reshape(w.shape[0] if w.dim() > 1 else 1, -1)
+            sigma = rho * rows.norm(dim=1, keepdim=True) / math.sqrt(rows.shape[1])
+            noise = torch.randn(rows.shape, generator=self.generator, dtype=rows.dtype) * sigma
+            out[name] = w + noise.reshape(w.shape).to(w.device)
+        return out

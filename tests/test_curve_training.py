@@ -65,3 +65,51 @@ def test_perturbation_hook_is_applied(minilm_fresh, task):
     zeroed = CurveLoss(seed=3, perturb=lambda state, t: {k: torch.zeros_like(v) for k, v in state.items()})(curve, batch, labels)
     assert abs(plain.item() - zeroed.item()) > 1e-4
     torch.testing.assert_close(zeroed, torch.log(torch.tensor(2.0)), atol=1e-5, rtol=0)  # zero head: uniform prediction
+
+
+def test_jsd_regulariser_is_minus_lambda_times_the_metrics_jsd():
+    import pytest
+
+    from minibayeslora import metrics
+    from minibayeslora.curve_training import jsd_regulariser
+
+    g = torch.Generator().manual_seed(0)
+    logits = [2 * torch.randn(7, 3, generator=g) for _ in range(3)]
+    got = jsd_regulariser(0.4)(None, logits, torch.zeros(7, dtype=torch.long), None)
+    reference = -0.4 * metrics.jsd(torch.stack(logits).softmax(-1)).mean()
+    assert abs(got.item() - reference.item()) < 1e-6
+    assert jsd_regulariser(0.4)(None, [logits[0]] * 2, None, None).abs() < 1e-6, "identical predictions: no reward"
+    with pytest.raises(ValueError, match="two values of t"):
+        jsd_regulariser(0.4)(None, logits[:1], None, None)
+    with pytest.raises(ValueError):
+        jsd_regulariser(-1.0)
+
+
+def test_flat_perturbation_scales_each_row_and_ramps_in():
+    import math
+
+    import pytest
+
+    from minibayeslora.curve_training import FlatPerturbation
+
+    w = torch.cat([torch.full((1, 4000), 1.0), torch.full((1, 4000), 3.0)])  # rows of norm √4000 and 3√4000
+    state = {"w": w.requires_grad_(), "b": torch.full((2000,), 2.0)}
+    perturb = FlatPerturbation(rho=0.1, seed=0)
+    out = perturb(state, 0.5)
+    noise = (out["w"] - w).detach()
+    for i, scale in enumerate((1.0, 3.0)):  # σ_i = ρ‖w_i‖/√n = ρ·scale
+        assert noise[i].std().item() == pytest.approx(0.1 * scale, rel=0.05)
+        assert abs(noise[i].mean().item()) < 0.02 * scale
+    assert (out["b"] - 2.0).std().item() == pytest.approx(0.2, rel=0.07)
+    out["w"].sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w)), "gradients reach θ(t) as if unperturbed"
+
+    ramped = FlatPerturbation(rho=0.1, ramp_calls=4, seed=0)
+    first = ramped({"w": w.detach()})
+    assert torch.equal(first["w"], w.detach()), "the ramp starts at zero noise"
+    assert [ramped.current_rho() for _ in range(1)] == [0.025]
+    again = FlatPerturbation(rho=0.1, seed=0)({"w": w.detach()})
+    assert torch.equal(again["w"], FlatPerturbation(rho=0.1, seed=0)({"w": w.detach()})["w"]), "seeded"
+    with pytest.raises(ValueError):
+        FlatPerturbation(rho=-0.1)
+    assert math.isclose(FlatPerturbation(rho=0.3).current_rho(), 0.3)
