@@ -159,3 +159,6 @@ from .checks_paths import (  # noqa: E402,F401
 
 # Checks of the rank-selection exercises (notebook 05).
 from .checks_lrvd import check_kl_sparse_vd, check_local_reparameterisation, check_prune  # noqa: E402,F401
+
+# Checks of the uncertainty exercises (notebook 04).
+from .checks_bma import check_bma, check_ece, check_jsd_loss, check_mutual_information  # noqa: E402,F401
