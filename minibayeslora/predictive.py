@@ -109,21 +109,76 @@ class MCDropout:
 class StateAverage:
     """Average over a list of adapter states (a deep ensemble, or points of a curve): (len(states), N, C).
 
-    Each state replaces the model's own tensors through ``functional_call``; S is fixed by the list.
+    ``batched=True`` runs all S states in one pass over S stacked copies of the batch
+    (``stacked_states``); otherwise each state replaces the model's tensors in its own pass through
+    ``functional_call``. Both give the same numbers; S is fixed by the list.
     """
 
-    def __init__(self, model: nn.Module, states: list[dict]):
+    def __init__(self, model: nn.Module, states: list[dict], batched: bool = False):
         if not states:
             raise ValueError("no adapter states to average over.")
-        self.model, self.states = model, list(states)
+        self.model, self.states, self.batched = model, list(states), batched
 
     @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int | None = None) -> torch.Tensor:
         from torch.func import functional_call
 
         with eval_mode(self.model):
+            if self.batched:
+                with stacked_states(self.model, self.states):
+                    logits = self.model(**repeat_batch(inputs, len(self.states)))
+                return logits.float().softmax(-1).view(len(self.states), -1, logits.shape[-1])
             return torch.stack([functional_call(self.model, state, args=(), kwargs=inputs, strict=False).float().softmax(-1)
                                 for state in self.states])
+
+
+@contextmanager
+def stacked_states(model: nn.Module, states: list[dict]):
+    """Inside the block, rows [s·N, (s+1)·N) of a batch of S·N (``repeat_batch``) run through ``states[s]``.
+
+    Supports states made of LoRA factors and plain linear layers (the head): each such module
+    computes its S versions with batched matmuls, x (S·N, ..., d_in) -> (S, N·…, d_in) @ W_sᵀ.
+    The frozen rest of the model runs once on the whole S·N batch.
+    """
+    from .lora import LoRALinear
+
+    S = len(states)
+    names = set(states[0])
+    if any(set(state) != names for state in states):
+        raise KeyError("every state must hold the same tensor names.")
+    stack = {name: torch.stack([state[name] for state in states]) for name in names}          # (S, *shape)
+    patched, covered = [], set()
+    for prefix, module in model.named_modules():
+        own = {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
+        if isinstance(module, LoRALinear) and {f"{prefix}.lora_A", f"{prefix}.lora_B"} <= names:
+            A, B = stack[f"{prefix}.lora_A"], stack[f"{prefix}.lora_B"]
+
+            def forward(x, m=module, A=A, B=B):
+                y = m.base(x)
+                u = torch.bmm(x.reshape(S, -1, x.shape[-1]).to(A.dtype), A.transpose(1, 2))          # (S, N·…, r)
+                update = torch.bmm(u, B.transpose(1, 2)).reshape(*x.shape[:-1], B.shape[1])
+                return y + (update * m.scaling).to(y.dtype)
+        elif isinstance(module, nn.Linear) and own and own <= names:
+            W = stack[f"{prefix}.weight" if prefix else "weight"]
+            b = stack.get(f"{prefix}.bias" if prefix else "bias")
+
+            def forward(x, W=W, b=b):
+                xs = x.reshape(S, -1, x.shape[-1]).to(W.dtype)
+                y = torch.bmm(xs, W.transpose(1, 2)) if b is None else torch.baddbmm(b[:, None, :], xs, W.transpose(1, 2))
+                return y.reshape(*x.shape[:-1], W.shape[1])
+        else:
+            continue
+        covered |= {f"{prefix}.lora_A", f"{prefix}.lora_B"} if isinstance(module, LoRALinear) else own
+        module.forward = forward
+        patched.append(module)
+    try:
+        left = names - covered
+        if left:
+            raise ValueError(f"stacked_states handles LoRA factors and linear layers only; cannot stack {sorted(left)[:3]}.")
+        yield model
+    finally:
+        for module in patched:
+            del module.forward
 
 
 def curve_states(chain, ts) -> list[dict]:

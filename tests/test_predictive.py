@@ -119,3 +119,30 @@ def test_state_average_equals_loading_each_state(minilm_fresh, task, isolated_ca
     torch.testing.assert_close(StateAverage(minilm_fresh, ends).predict_samples(inputs), got[:2], atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError):
         StateAverage(minilm_fresh, [])
+
+
+def test_batched_state_average_equals_the_sequential_one(minilm_fresh, task, isolated_cache):
+    from minibayeslora.lora import adapter_state
+    from minibayeslora.predictive import StateAverage, stacked_states
+
+    inject_lora(minilm_fresh, ["query", "value"], r=2, alpha=4, layers=[4, 5])
+    base = adapter_state(minilm_fresh)
+    g = torch.Generator().manual_seed(0)
+    states = [{k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(4)]
+    data = make_data(minilm_fresh, task.val.subset(6, seed=0))
+    inputs = data.inputs(torch.arange(6))
+    sequential = StateAverage(minilm_fresh, states).predict_samples(inputs)
+    batched = StateAverage(minilm_fresh, states, batched=True).predict_samples(inputs)
+    assert batched.shape == (4, 6, 2)
+    torch.testing.assert_close(batched, sequential, atol=1e-5, rtol=1e-4)
+    assert not any("forward" in vars(m) for m in minilm_fresh.modules()), "the patch is undone after the call"
+    torch.testing.assert_close(MAP(minilm_fresh).predict_samples(inputs)[0],
+                               StateAverage(minilm_fresh, [base]).predict_samples(inputs)[0], atol=1e-6, rtol=1e-5)
+    with pytest.raises(KeyError, match="same tensor names"):
+        with stacked_states(minilm_fresh, [states[0], {k: v for k, v in list(states[1].items())[1:]}]):
+            pass
+    odd = [dict(s, **{"encoder.embeddings.LayerNorm.weight": torch.ones(384)}) for s in states[:2]]
+    with pytest.raises(ValueError, match="cannot stack"):
+        with stacked_states(minilm_fresh, odd):
+            pass
+    assert not any("forward" in vars(m) for m in minilm_fresh.modules()), "undone after an error too"

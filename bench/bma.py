@@ -1,0 +1,72 @@
+"""Cost of a 16-state Bayesian model average: S states in one batched pass vs S separate passes.
+
+Same model (MiniLM + LoRA r = 8 on q/v of the top 3 layers + head), same 64 validation reviews,
+S = 16 random adapter states (an ensemble or 16 points of a curve). Three ways to get the (S, N, C)
+probabilities:
+
+- ``batched``: one pass over S stacked copies of the prefix-cached batch (``StateAverage(batched=True)``);
+- ``sequential, cached``: S passes over the prefix-cached batch, one state each (``functional_call``);
+- ``sequential, uncached``: S passes of the whole model over the tokens, the naive way.
+
+Prints medians and the ratios batched / sequential (target ≤ 0.5, issue 5).
+
+    python bench/bma.py [--repeats 7] [--batch 64] [--samples 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from common import interleaved_medians
+from minibayeslora import config, data
+from minibayeslora.backbones import load_backbone
+from minibayeslora.lora import adapter_state, inject_lora
+from minibayeslora.predictive import StateAverage
+from minibayeslora.train import TextData, make_data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=16)
+    args = parser.parse_args()
+
+    config.seed_everything(0)
+    model = load_backbone("minilm")
+    inject_lora(model, ["query", "value"], r=8, alpha=16, layers=[3, 4, 5])
+    base = adapter_state(model)
+    g = torch.Generator().manual_seed(0)
+    states = [{k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(args.samples)]
+
+    split = data.load_task().val.subset(args.batch, seed=0)
+    cached = make_data(model, split).inputs(torch.arange(args.batch))
+    tokens = TextData(model, split.texts, split.labels).inputs(torch.arange(args.batch))
+    batched, sequential = StateAverage(model, states, batched=True), StateAverage(model, states)
+    torch.testing.assert_close(batched.predict_samples(cached), sequential.predict_samples(cached), atol=1e-4, rtol=1e-3)
+
+    def timed(fn):
+        def run() -> float:
+            t0 = time.perf_counter()
+            fn()
+            return time.perf_counter() - t0
+        return run
+
+    med = interleaved_medians({
+        "batched": timed(lambda: batched.predict_samples(cached)),
+        "sequential, cached": timed(lambda: sequential.predict_samples(cached)),
+        "sequential, uncached": timed(lambda: sequential.predict_samples(tokens)),
+    }, args.repeats, warmup=1)
+    print(f"MiniLM + r=8 (q/v, layers 3-5), S={args.samples} states, {args.batch} reviews; "
+          f"{args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
+    for name, seconds in med.items():
+        print(f"{name:22s} {seconds * 1000:8.1f} ms (median)")
+    print(f"ratio batched / sequential, cached:   {med['batched'] / med['sequential, cached']:.3f}  (target <= 0.5)")
+    print(f"ratio batched / sequential, uncached: {med['batched'] / med['sequential, uncached']:.3f}  (target <= 0.5)")
+
+
+if __name__ == "__main__":
+    main()
