@@ -136,9 +136,10 @@ class StateAverage:
 def stacked_states(model: nn.Module, states: list[dict]):
     """Inside the block, rows [s·N, (s+1)·N) of a batch of S·N (``repeat_batch``) run through ``states[s]``.
 
-    Supports states made of LoRA factors and plain linear layers (the head): each such module
+    Supports states made of plain LoRA factors and linear layers (the head): each such module
     computes its S versions with batched matmuls, x (S·N, ..., d_in) -> (S, N·…, d_in) @ W_sᵀ.
-    The frozen rest of the model runs once on the whole S·N batch.
+    The frozen rest of the model runs once on the whole S·N batch. For prediction only: adapter
+    dropout is not applied, and LoRA subclasses (LRVD) and merged layers are refused.
     """
     from .lora import LoRALinear
 
@@ -148,30 +149,32 @@ def stacked_states(model: nn.Module, states: list[dict]):
         raise KeyError("every state must hold the same tensor names.")
     stack = {name: torch.stack([state[name] for state in states]) for name in names}          # (S, *shape)
     patched, covered = [], set()
-    for prefix, module in model.named_modules():
-        own = {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
-        if isinstance(module, LoRALinear) and {f"{prefix}.lora_A", f"{prefix}.lora_B"} <= names:
-            A, B = stack[f"{prefix}.lora_A"], stack[f"{prefix}.lora_B"]
-
-            def forward(x, m=module, A=A, B=B):
-                y = m.base(x)
-                u = torch.bmm(x.reshape(S, -1, x.shape[-1]).to(A.dtype), A.transpose(1, 2))          # (S, N·…, r)
-                update = torch.bmm(u, B.transpose(1, 2)).reshape(*x.shape[:-1], B.shape[1])
-                return y + (update * m.scaling).to(y.dtype)
-        elif isinstance(module, nn.Linear) and own and own <= names:
-            W = stack[f"{prefix}.weight" if prefix else "weight"]
-            b = stack.get(f"{prefix}.bias" if prefix else "bias")
-
-            def forward(x, W=W, b=b):
-                xs = x.reshape(S, -1, x.shape[-1]).to(W.dtype)
-                y = torch.bmm(xs, W.transpose(1, 2)) if b is None else torch.baddbmm(b[:, None, :], xs, W.transpose(1, 2))
-                return y.reshape(*x.shape[:-1], W.shape[1])
-        else:
-            continue
-        covered |= {f"{prefix}.lora_A", f"{prefix}.lora_B"} if isinstance(module, LoRALinear) else own
-        module.forward = forward
-        patched.append(module)
     try:
+        for prefix, module in model.named_modules():
+            own = {f"{prefix}.{n}" if prefix else n for n, _ in module.named_parameters(recurse=False)}
+            if type(module) is LoRALinear and {f"{prefix}.lora_A", f"{prefix}.lora_B"} <= names:
+                if module.merged:
+                    raise ValueError(f"{prefix} is merged: unmerge() it before averaging over adapter states.")
+                A, B = stack[f"{prefix}.lora_A"], stack[f"{prefix}.lora_B"]
+
+                def forward(x, m=module, A=A, B=B):
+                    y = m.base(x)
+                    u = torch.bmm(x.reshape(S, -1, x.shape[-1]).to(A.dtype), A.transpose(1, 2))          # (S, N·…, r)
+                    update = torch.bmm(u, B.transpose(1, 2)).reshape(*x.shape[:-1], B.shape[1])
+                    return y + (update * m.scaling).to(y.dtype)
+            elif isinstance(module, nn.Linear) and own and own <= names:
+                W = stack[f"{prefix}.weight" if prefix else "weight"]
+                b = stack.get(f"{prefix}.bias" if prefix else "bias")
+
+                def forward(x, W=W, b=b):
+                    xs = x.reshape(S, -1, x.shape[-1]).to(W.dtype)
+                    y = torch.bmm(xs, W.transpose(1, 2)) if b is None else torch.baddbmm(b[:, None, :], xs, W.transpose(1, 2))
+                    return y.reshape(*x.shape[:-1], W.shape[1])
+            else:
+                continue
+            covered |= {f"{prefix}.lora_A", f"{prefix}.lora_B"} if isinstance(module, LoRALinear) else own
+            module.forward = forward
+            patched.append(module)
         left = names - covered
         if left:
             raise ValueError(f"stacked_states handles LoRA factors and linear layers only; cannot stack {sorted(left)[:3]}.")

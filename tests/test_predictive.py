@@ -146,3 +146,22 @@ def test_batched_state_average_equals_the_sequential_one(minilm_fresh, task, iso
         with stacked_states(minilm_fresh, odd):
             pass
     assert not any("forward" in vars(m) for m in minilm_fresh.modules()), "undone after an error too"
+
+
+def test_stacked_states_refuses_what_it_would_get_wrong(lrvd_model):
+    from minibayeslora.backbones import load_backbone
+    from minibayeslora.lora import adapter_state, lora_layers
+    from minibayeslora.predictive import stacked_states
+
+    lrvd_state = {k: v for k, v in adapter_state(lrvd_model).items() if not k.endswith("log_alpha")}
+    with pytest.raises(ValueError, match="cannot stack"):  # the LRVD mean path masks ranks: not a plain LoRA
+        with stacked_states(lrvd_model, [lrvd_state, lrvd_state]):
+            pass
+    plain = load_backbone("minilm")
+    inject_lora(plain, ["query"], r=2, alpha=4, layers=[4, 5])
+    state = adapter_state(plain)
+    list(lora_layers(plain).values())[-1].merge()  # block 4's layer is patched before block 5's refuses
+    with pytest.raises(ValueError, match="unmerge"):
+        with stacked_states(plain, [state, state]):
+            pass
+    assert not any("forward" in vars(m) for m in plain.modules())
