@@ -99,17 +99,24 @@ def _no_dropout(model):
     return model
 
 
+def _random_states(model, task, n_states, n_inputs):
+    """The model's adapter state, ``n_states`` seeded random perturbations of it, and a batch of validation inputs."""
+    from minibayeslora.lora import adapter_state
+
+    base = adapter_state(model)
+    g = torch.Generator().manual_seed(0)
+    states = [{k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(n_states)]
+    inputs = make_data(model, task.val.subset(n_inputs, seed=0)).inputs(torch.arange(n_inputs))
+    return base, states, inputs
+
+
 def test_state_average_equals_loading_each_state(minilm_fresh, task, isolated_cache):
     from minibayeslora.curves import BezierChain
-    from minibayeslora.lora import adapter_state, load_adapter_state
+    from minibayeslora.lora import load_adapter_state
     from minibayeslora.predictive import StateAverage, curve_states
 
     inject_lora(minilm_fresh, ["query"], r=2, alpha=4, layers=[5])
-    base = adapter_state(minilm_fresh)
-    g = torch.Generator().manual_seed(0)
-    states = [{k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(3)]
-    data = make_data(minilm_fresh, task.val.subset(5, seed=0))
-    inputs = data.inputs(torch.arange(5))
+    _, states, inputs = _random_states(minilm_fresh, task, n_states=3, n_inputs=5)
     got = StateAverage(minilm_fresh, states).predict_samples(inputs)
     for i, state in enumerate(states):
         load_adapter_state(minilm_fresh, state)
@@ -122,15 +129,10 @@ def test_state_average_equals_loading_each_state(minilm_fresh, task, isolated_ca
 
 
 def test_batched_state_average_equals_the_sequential_one(minilm_fresh, task, isolated_cache):
-    from minibayeslora.lora import adapter_state
     from minibayeslora.predictive import StateAverage, stacked_states
 
     inject_lora(minilm_fresh, ["query", "value"], r=2, alpha=4, layers=[4, 5])
-    base = adapter_state(minilm_fresh)
-    g = torch.Generator().manual_seed(0)
-    states = [{k: v + 0.3 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(4)]
-    data = make_data(minilm_fresh, task.val.subset(6, seed=0))
-    inputs = data.inputs(torch.arange(6))
+    base, states, inputs = _random_states(minilm_fresh, task, n_states=4, n_inputs=6)
     sequential = StateAverage(minilm_fresh, states).predict_samples(inputs)
     batched = StateAverage(minilm_fresh, states, batched=True).predict_samples(inputs)
     assert batched.shape == (4, 6, 2)
