@@ -11,6 +11,7 @@ import torch
 
 from . import metrics
 from ._check_tools import _call, _diagnose, _ok
+from .metrics import _entropy
 
 SAMPLE_SHAPES = "samples are (S, N, C): S draws, N examples, C classes; reduce over S, keep N."
 
@@ -18,10 +19,6 @@ SAMPLE_SHAPES = "samples are (S, N, C): S draws, N examples, C classes; reduce o
 def _samples(seed: int, S: int = 5, N: int = 40, C: int = 3) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.softmax(2.5 * torch.randn(S, N, C, generator=g, dtype=torch.float64), -1)
-
-
-def _entropy(p: torch.Tensor) -> torch.Tensor:
-    return -(p * p.clamp_min(1e-30).log()).sum(-1)
 
 
 def check_ece(ece) -> bool:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import functional_call
 
 from .curves import BezierChain, sample_t
+from .metrics import _entropy  # differentiable, unvalidated: the metrics' own H[p] per row
 
 
 class CurveModel(nn.Module):
@@ -94,8 +95,7 @@ def jsd_regulariser(lam: float) -> Callable:
         if len(logits) < 2:
             raise ValueError("the JSD regulariser needs at least two values of t per batch: CurveLoss(n_t=2) or more.")
         probs = torch.stack([F.softmax(l.float(), -1) for l in logits])                       # (T, N, C)
-        entropy = lambda p: -(p * p.clamp_min(1e-30).log()).sum(-1)                          # noqa: E731
-        return -lam * (entropy(probs.mean(0)) - entropy(probs).mean(0)).mean()
+        return -lam * (_entropy(probs.mean(0)) - _entropy(probs).mean(0)).mean()
 
     return extra
 
