@@ -114,3 +114,22 @@ def sample_t(n: int, generator: torch.Generator | None = None, chain: BezierChai
     lo, hi = fraction[idx - 1], fraction[idx]
     w = ((u - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1)
     return ts[idx - 1] + w * (ts[idx] - ts[idx - 1])
+
+
+def nested_grid(n_fine: int, k: int) -> list[int]:
+    """Indices of k equally spaced points among ``n_fine`` equally spaced t on [0, 1], ends included.
+
+    k = 1 is the middle point. The k-point grid must sit exactly on the fine one, i.e. (k − 1)
+    divides (n_fine − 1): a 17-point grid holds the 2-, 3-, 5-, 9- and 17-point grids, so curve
+    BMA with k points can be read off one set of predictions at the 17 points.
+    """
+    if not 1 <= k <= n_fine:
+        raise ValueError(f"k must be between 1 and n_fine = {n_fine}, got {k}.")
+    if k == 1:
+        if (n_fine - 1) % 2:
+            raise ValueError(f"a grid of {n_fine} points has no middle point; use an odd n_fine.")
+        return [(n_fine - 1) // 2]
+    if (n_fine - 1) % (k - 1):
+        raise ValueError(f"{k} equally spaced points do not lie on a grid of {n_fine}: k − 1 must divide {n_fine - 1}.")
+    step = (n_fine - 1) // (k - 1)
+    return list(range(0, n_fine, step))

@@ -154,6 +154,88 @@ def curve_widget(explorer: CurveExplorer):
     return widgets.interactive(show, t=slider)
 
 
+@dataclass
+class PointsExplorer:
+    """Curve BMA with k points, precomputed for a slider over k.
+
+    ``points``: {method: (T, n, C) probabilities of n chosen examples at T equally spaced t};
+    ``names``: the n examples' labels; ``ks``: the point counts offered (each must lie on the T grid,
+    ``curves.nested_grid``); ``mean_mi``: {method: {set name: mean MI over that set for each k}}.
+    """
+
+    points: dict
+    names: list
+    ks: list
+    mean_mi: dict
+
+    def __post_init__(self):
+        from .curves import nested_grid
+
+        if not self.points:
+            raise ValueError("no methods to show.")
+        for method, probs in self.points.items():
+            if probs.dim() != 3 or probs.shape[1] != len(self.names):
+                raise ValueError(f"{method}: points must be (T, {len(self.names)}, C), got {tuple(probs.shape)}.")
+            for k in self.ks:
+                nested_grid(probs.shape[0], k)
+        for method, by_set in self.mean_mi.items():
+            if any(len(values) != len(self.ks) for values in by_set.values()):
+                raise ValueError(f"{method}: mean_mi needs one value per k in {self.ks}.")
+
+
+def plot_points_explorer(explorer: PointsExplorer, k: int):
+    """Left: p(class 1) of each chosen example at the k curve points (dots) and their average p̄ (bar), with
+    the MI; right: mean MI per set against k, the current k marked."""
+    import matplotlib.pyplot as plt
+
+    from .curves import nested_grid
+    from .metrics import mutual_information
+
+    n, methods = len(explorer.names), list(explorer.points)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    offsets = np.linspace(-0.2, 0.2, len(methods)) if len(methods) > 1 else [0.0]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.55 * n), layout="constrained",
+                                      gridspec_kw={"width_ratios": [3, 2]})
+    for j, method in enumerate(methods):
+        chosen = explorer.points[method][nested_grid(explorer.points[method].shape[0], k)]      # (k, n, C)
+        p_bar, mi = chosen.mean(0)[:, 1], mutual_information(chosen)
+        y = np.arange(n) + offsets[j]
+        left.scatter(chosen[..., 1].flatten(), np.tile(y, len(chosen)), s=14, alpha=0.45, color=colors[j % len(colors)])
+        left.scatter(p_bar, y, marker="|", s=400, color=colors[j % len(colors)], label=f"{method}: p̄")
+        for yi, p, m in zip(y, p_bar.tolist(), mi.tolist()):
+            left.annotate(f"MI {m:.3f}", (p, yi), xytext=(8, -3), textcoords="offset points", fontsize=7,
+                          color=colors[j % len(colors)])
+    left.axvline(0.5, color="k", lw=0.5, ls=":")
+    left.set_yticks(range(n), explorer.names, fontsize=8)
+    left.invert_yaxis()
+    left.set(xlim=(0, 1), xlabel="p(positive): one dot per curve point, bar = average p̄", title=f"k = {k} curve points")
+    left.legend(fontsize=7, loc="lower right")
+    styles = ["o-", "s--", "^:", "d-."]
+    for j, (method, by_set) in enumerate(explorer.mean_mi.items()):
+        for i, (set_name, values) in enumerate(by_set.items()):
+            right.plot(explorer.ks, values, styles[i % len(styles)], color=colors[j % len(colors)], label=f"{method}, {set_name}")
+    right.axvline(k, color="k", lw=1)
+    right.set_xscale("log", base=2)
+    right.set_xticks(explorer.ks, [str(x) for x in explorer.ks])
+    right.set(xlabel="curve points k", ylabel="mean MI (nats)", title="Mean MI per set against the number of points")
+    right.legend(fontsize=7)
+    return fig
+
+
+def points_widget(explorer: PointsExplorer):
+    """A slider over ``explorer.ks`` that redraws ``plot_points_explorer`` (needs ipywidgets)."""
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    def show(k):
+        plot_points_explorer(explorer, k)
+        plt.show()
+
+    slider = widgets.SelectionSlider(options=[(str(k), k) for k in explorer.ks], value=explorer.ks[-1],
+                                     description="points k", continuous_update=True, layout=widgets.Layout(width="60%"))
+    return widgets.interactive(show, k=slider)
+
+
 def reliability_diagram(curves: dict, n_bins: int = 15):
     """Accuracy vs confidence per bin (design §7 bins), one line per method: ``{name: (p̄ (N, C), labels (N,))}``.
 

@@ -87,3 +87,18 @@ def test_arc_length_sampling():
     ts = sample_t(4000, g, chain=chain)
     assert abs(ts.mean().item() - 2 / 3) < 0.01
     torch.testing.assert_close(chain.arc_length_table(101)[1], torch.linspace(0, 1, 101) ** 2, atol=1e-5, rtol=0)
+
+
+def test_nested_grid_picks_the_points_of_the_coarse_grid():
+    from minibayeslora.curves import nested_grid
+
+    fine = torch.linspace(0, 1, 17)
+    for k in (2, 3, 5, 9, 17):
+        picked = fine[nested_grid(17, k)]
+        torch.testing.assert_close(picked, torch.linspace(0, 1, k))     # brute force: the k-point grid itself
+    assert nested_grid(17, 1) == [8]
+    for bad in (0, 4, 18):
+        with pytest.raises(ValueError):
+            nested_grid(17, bad)
+    with pytest.raises(ValueError, match="middle"):
+        nested_grid(16, 1)

@@ -134,3 +134,44 @@ def test_threshold_widget_starts_at_the_default_threshold_and_redraws():
     plt.close("all")
     with pytest.raises(ValueError, match="empty"):
         viz.threshold_widget(sweep.iloc[:0])
+
+
+def _points_explorer():
+    import torch
+
+    torch.manual_seed(0)
+    points = {"curve": torch.rand(5, 3, 2).softmax(-1), "curve + JSD": torch.rand(5, 3, 2).softmax(-1)}
+    return viz.PointsExplorer(points, ["a", "b", "c"], [1, 2, 3, 5],
+                              {"curve": {"RT test": [0.0, 0.01, 0.02, 0.02]}, "curve + JSD": {"RT test": [0.0, 0.02, 0.03, 0.03]}})
+
+
+def test_points_explorer_bars_are_the_average_of_the_chosen_points():
+    import torch
+
+    from minibayeslora import metrics
+
+    explorer = _points_explorer()
+    fig = viz.plot_points_explorer(explorer, 3)
+    left = fig.axes[0]
+    dots, bars = left.collections[0], left.collections[1]          # the first method's points and p̄
+    chosen = explorer.points["curve"][[0, 2, 4]]                    # t = 0, 0.5, 1 of the 5-point grid
+    np.testing.assert_allclose(dots.get_offsets()[:, 0], chosen[..., 1].flatten().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(bars.get_offsets()[:, 0], chosen.mean(0)[:, 1].numpy(), rtol=1e-6)
+    mi = metrics.mutual_information(chosen)
+    assert [t.get_text() for t in left.texts[:3]] == [f"MI {m:.3f}" for m in mi.tolist()]
+    with pytest.raises(ValueError, match="k − 1 must divide"):
+        viz.PointsExplorer(explorer.points, explorer.names, [4], {})
+    with pytest.raises(ValueError, match="one value per k"):
+        viz.PointsExplorer(explorer.points, explorer.names, [1, 2], {"curve": {"RT test": [0.0]}})
+    with pytest.raises(ValueError, match=r"\(T, 2, C\)"):
+        viz.PointsExplorer(explorer.points, ["a", "b"], [1], {})
+
+
+def test_points_widget_starts_at_the_most_points_and_redraws():
+    import matplotlib.pyplot as plt
+
+    widget = viz.points_widget(_points_explorer())
+    slider = widget.children[0]
+    assert slider.value == 5 and len(slider.options) == 4
+    slider.value = 1  # must redraw without raising
+    plt.close("all")
