@@ -124,13 +124,9 @@ def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 
 @torch.no_grad()
 def probabilities_along(model: torch.nn.Module, state_at, inputs: dict, ts) -> torch.Tensor:
     """Class probabilities of one batch of ``inputs`` at ``state_at(t)`` for each t: (len(ts), N, C)."""
-    from torch.func import functional_call
+    from .predictive import StateAverage
 
-    from .train import eval_mode
-
-    with eval_mode(model):
-        return torch.stack([functional_call(model, state_at(float(t)), args=(), kwargs=inputs, strict=False).float().softmax(-1)
-                            for t in ts])
+    return StateAverage(model, [state_at(float(t)) for t in ts]).predict_samples(inputs)
 
 
 def _flatten(state: dict[str, torch.Tensor]) -> torch.Tensor:
