@@ -209,7 +209,7 @@ def plot_points_explorer(explorer: PointsExplorer, k: int):
     left.set_yticks(range(n), explorer.names, fontsize=8)
     left.invert_yaxis()
     left.set(xlim=(0, 1), xlabel="p(positive): one dot per curve point, bar = average p̄", title=f"k = {k} curve points")
-    left.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="upper left")
     styles = ["o-", "s--", "^:", "d-."]
     for j, (method, by_set) in enumerate(explorer.mean_mi.items()):
         for i, (set_name, values) in enumerate(by_set.items()):
