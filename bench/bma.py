@@ -20,10 +20,9 @@ import time
 
 import torch
 
-from common import interleaved_medians
-from minibayeslora import config, data
-from minibayeslora.backbones import load_backbone
-from minibayeslora.lora import adapter_state, inject_lora
+from common import interleaved_medians, seeded_lora_minilm
+from minibayeslora import data
+from minibayeslora.lora import adapter_state
 from minibayeslora.predictive import StateAverage
 from minibayeslora.train import TextData, make_data
 
@@ -35,9 +34,7 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=16)
     args = parser.parse_args()
 
-    config.seed_everything(0)
-    model = load_backbone("minilm")
-    inject_lora(model, ["query", "value"], r=8, alpha=16, layers=[3, 4, 5])
+    model = seeded_lora_minilm()
     base = adapter_state(model)
     g = torch.Generator().manual_seed(0)
     states = [{k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(args.samples)]

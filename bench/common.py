@@ -8,7 +8,18 @@ from typing import Callable
 
 import torch
 
-from minibayeslora import data
+from minibayeslora import config, data
+
+
+def seeded_lora_minilm(r: int = 8, alpha: float = 16, layer_cls=None, seed: int = 0):
+    """The benchmarks' model: MiniLM with LoRA on query/value of blocks 3-5, seeded so every run is the same."""
+    from minibayeslora.backbones import load_backbone
+    from minibayeslora.lora import inject_lora
+
+    config.seed_everything(seed)
+    model = load_backbone("minilm")
+    inject_lora(model, ["query", "value"], r=r, alpha=alpha, layers=[3, 4, 5], layer_cls=layer_cls)
+    return model
 
 
 def fixed_batch(model, batch: int, length: int) -> tuple[dict, torch.Tensor]:

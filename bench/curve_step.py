@@ -15,12 +15,11 @@ import copy
 
 import torch
 
-from common import interleaved_medians, training_step
-from minibayeslora import config, data
-from minibayeslora.backbones import load_backbone
+from common import interleaved_medians, seeded_lora_minilm, training_step
+from minibayeslora import data
 from minibayeslora.curve_training import CurveLoss, CurveModel
 from minibayeslora.curves import BezierChain
-from minibayeslora.lora import adapter_state, inject_lora
+from minibayeslora.lora import adapter_state
 from minibayeslora.train import make_data
 
 
@@ -30,9 +29,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     args = parser.parse_args()
 
-    config.seed_everything(0)
-    plain = load_backbone("minilm")
-    inject_lora(plain, ["query", "value"], r=8, alpha=16, layers=[3, 4, 5])
+    plain = seeded_lora_minilm()
     anchors = [adapter_state(plain)]
     anchors.append({k: v + 0.01 * torch.randn_like(v) for k, v in anchors[0].items()})
     curve = CurveModel(copy.deepcopy(plain), BezierChain(anchors, degree=2))

@@ -14,10 +14,8 @@ import argparse
 
 import torch
 
-from common import interleaved_medians, training_step
-from minibayeslora import config, data
-from minibayeslora.backbones import load_backbone
-from minibayeslora.lora import inject_lora
+from common import interleaved_medians, seeded_lora_minilm, training_step
+from minibayeslora import data
 from minibayeslora.lrvd import LRVDLoss, VariationalLoRALinear
 from minibayeslora.train import make_data
 
@@ -31,9 +29,7 @@ def main() -> None:
 
     models = {}
     for name, layer_cls in (("lora", None), ("lrvd", VariationalLoRALinear)):
-        config.seed_everything(0)
-        models[name] = load_backbone("minilm")
-        inject_lora(models[name], ["query", "value"], r=args.rank, alpha=2 * args.rank, layers=[3, 4, 5], layer_cls=layer_cls)
+        models[name] = seeded_lora_minilm(r=args.rank, alpha=2 * args.rank, layer_cls=layer_cls)
         models[name].train()
 
     split = data.load_task().train.subset(args.batch, seed=0)
