@@ -46,11 +46,15 @@ class LoRALinear(nn.Module):
         self.base = base.requires_grad_(False)
         self.in_features, self.out_features = base.in_features, base.out_features
         self.r, self.alpha, self.scaling = r, alpha, alpha / r
-        self.lora_A = nn.Parameter(torch.empty(r, self.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(self.out_features, r))
-        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's default for A
+        self._init_factors()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
+
+    def _init_factors(self) -> None:
+        """A ~ PEFT's Kaiming-uniform default, B = 0. (Subclasses that generate A and B override this.)"""
+        self.lora_A = nn.Parameter(torch.empty(self.r, self.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(self.out_features, self.r))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # PEFT's default for A
 
     def delta_weight(self) -> torch.Tensor:
         """ΔW = (α/r) · B A, shape (d_out, d_in)."""

@@ -34,14 +34,13 @@ with exactly that output. Sampling is switched on explicitly (``sampling(model)`
 from __future__ import annotations
 
 import copy
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .lora import LoRALinear
+from .stochastic import ELBOLoss, StochasticLoRALinear, sampling, total_kl  # noqa: F401 (re-exported)
 
 K1, K2, K3 = 0.63576, 1.87320, 1.48695
 NOISE_SHARING = ("sequence", "token")
@@ -55,18 +54,14 @@ def kl_sparse_vd(log_alpha: torch.Tensor) -> torch.Tensor:
     return -negative_kl
 
 
-class VariationalLoRALinear(LoRALinear):
+class VariationalLoRALinear(StochasticLoRALinear):
     """LoRA with a learned noise level per rank: ``log_alpha`` (r,). x: (..., d_in) -> y: (..., d_out)."""
 
     def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, init_log_alpha: float = -4.0,
                  threshold: float | None = THRESHOLD, noise: str = "sequence"):
-        if noise not in NOISE_SHARING:
-            raise ValueError(f"noise must be one of {NOISE_SHARING}, got {noise!r}.")
-        super().__init__(base, r, alpha, dropout)
-        self.noise = noise
+        super().__init__(base, r, alpha, dropout, noise=noise)
         self.log_alpha = nn.Parameter(torch.full((r,), float(init_log_alpha)))
         self.threshold = threshold
-        self.sampling = False
 
     def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
         """Boolean (r,): the rank components with log α ≤ threshold."""
@@ -75,51 +70,32 @@ class VariationalLoRALinear(LoRALinear):
             return torch.ones(self.r, dtype=torch.bool, device=self.log_alpha.device)
         return self.log_alpha.detach() <= threshold
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.base(x)
-        if self.merged:
-            if self.sampling:
-                raise RuntimeError("a merged layer cannot sample its rank noise: call unmerge() first.")
-            return y
-        u = self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T                       # (..., r)
-        if self.sampling:
-            std = (0.5 * self.log_alpha.clamp(max=LOG_ALPHA_MAX)).exp()
-            if self.noise == "token":
-                u = u + u.abs() * std * torch.randn_like(u)
-            else:  # one z per example, shared along every axis between the batch and the rank
-                shape = (u.shape[0],) + (1,) * (u.dim() - 2) + (u.shape[-1],) if u.dim() > 1 else u.shape
-                u = u * (1 + std * torch.randn(shape, dtype=u.dtype, device=u.device))
-        else:
-            u = u * self.keep_mask().to(u.dtype)
-        return y + ((u @ self.lora_B.T) * self.scaling).to(y.dtype)
+    def noisy_update(self, x: torch.Tensor) -> torch.Tensor:
+        u = x @ self.lora_A.T                                                              # (..., r)
+        std = (0.5 * self.log_alpha.clamp(max=LOG_ALPHA_MAX)).exp() * self.noise_scale
+        if self.noise == "token":
+            u = u + u.abs() * std * torch.randn_like(u)
+        else:  # one z per example, shared along every axis between the batch and the rank
+            u = u * (1 + std * torch.randn(self.per_example_shape(u), dtype=u.dtype, device=u.device))
+        return u @ self.lora_B.T
 
-    def delta_weight(self) -> torch.Tensor:
-        """The mean path's ΔW = (α_lora/r) · B diag(keep) A, shape (d_out, d_in)."""
-        return (self.lora_B * self.keep_mask().to(self.lora_B.dtype)) @ self.lora_A * self.scaling
+    def mean_update(self, x: torch.Tensor) -> torch.Tensor:
+        u = x @ self.lora_A.T
+        return (u * self.keep_mask().to(u.dtype)) @ self.lora_B.T
+
+    def mean_factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The mean path drops the pruned components: (A, B diag(keep))."""
+        return self.lora_A, self.lora_B * self.keep_mask().to(self.lora_B.dtype)
 
     def kl(self) -> torch.Tensor:
         return kl_sparse_vd(self.log_alpha).sum()
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", kept={int(self.keep_mask().sum())}, noise={self.noise}"
+        return super().extra_repr() + f", kept={int(self.keep_mask().sum())}"
 
 
 def variational_layers(model: nn.Module) -> dict[str, VariationalLoRALinear]:
     return {name: m for name, m in model.named_modules() if isinstance(m, VariationalLoRALinear)}
-
-
-@contextmanager
-def sampling(model: nn.Module, on: bool = True):
-    """Switch every LRVD layer's noise on (or off) inside the block, whatever train()/eval() says."""
-    layers = variational_layers(model).values()
-    before = [layer.sampling for layer in layers]
-    for layer in layers:
-        layer.sampling = on
-    try:
-        yield model
-    finally:
-        for layer, state in zip(layers, before):
-            layer.sampling = state
 
 
 def rank_log_alpha(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -131,41 +107,10 @@ def kept_ranks(model: nn.Module, threshold: float = THRESHOLD) -> dict[str, int]
     return {name: int(layer.keep_mask(threshold).sum()) for name, layer in variational_layers(model).items()}
 
 
-def total_kl(model: nn.Module) -> torch.Tensor:
-    layers = variational_layers(model)
-    if not layers:
-        raise ValueError("the model has no VariationalLoRALinear layers.")
-    return torch.stack([layer.kl() for layer in layers.values()]).sum()
-
-
-@dataclass
-class LRVDLoss:
-    """Negative ELBO per training example for ``train.fit``: CE (noise on) + β(step) · KL / n_train.
-
-    β rises linearly from 0 to ``kl_weight`` over ``warmup_steps`` calls (KL warm-up), so the
-    adapter first learns the task and only then starts switching rank components off.
-    """
-
-    n_train: int
-    warmup_steps: int = 0
-    kl_weight: float = 1.0
-
-    def __post_init__(self):
-        if self.n_train < 1:
-            raise ValueError(f"n_train must be positive, got {self.n_train}.")
-        self.calls = 0
-
-    def beta(self) -> float:
-        if self.warmup_steps <= 0:
-            return self.kl_weight
-        return self.kl_weight * min(1.0, self.calls / self.warmup_steps)
-
-    def __call__(self, model: nn.Module, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-        with sampling(model):
-            ce = F.cross_entropy(model(**inputs), labels)
-        loss = ce + self.beta() * total_kl(model) / self.n_train
-        self.calls += 1
-        return loss
+class LRVDLoss(ELBOLoss):
+    """Negative ELBO per training example for LRVD: ``stochastic.ELBOLoss`` (CE with the rank noise on +
+    β(step) · KL / n_train, β ramping from 0 to ``kl_weight`` over ``warmup_steps`` calls), so the
+    adapter first learns the task and only then starts switching rank components off."""
 
 
 def prune_layer(layer: VariationalLoRALinear, threshold: float = THRESHOLD) -> nn.Module:

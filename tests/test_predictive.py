@@ -59,7 +59,7 @@ def test_lrvd_sampler_needs_lrvd_layers(minilm_fresh):
     inject_lora(minilm_fresh, ["query"], r=2, alpha=4, layers=[5])
     with pytest.raises(ValueError, match="VariationalLoRALinear"):
         LRVDSampler(minilm_fresh)
-    with sampling(minilm_fresh):  # no LRVD layers: a no-op, not an error
+    with pytest.raises(ValueError, match="no stochastic adapter layer"), sampling(minilm_fresh):
         pass
 
 
