@@ -56,20 +56,46 @@ class MAP:
             return self.model(**inputs).float().softmax(-1).unsqueeze(0)
 
 
-class LRVDSampler:
-    """S draws of the rank noise of an LRVD model, in one forward pass over S stacked copies of the batch."""
+class NoiseSampler:
+    """S draws of a stochastic adapter's weight noise (LRVD, Bayesian-LoRA, BaLoRA, BLoB), one stacked pass.
 
-    def __init__(self, model: nn.Module, seed: int = 0):
-        from .lrvd import variational_layers
+    The batch is repeated S times (``repeat_batch``) and run once with the noise on; per-example
+    noise makes every row of every copy its own draw, so the S samples of an example are iid.
+    Draws are seeded (``seed``): the same call gives the same samples. ``scale`` multiplies every
+    noise std (0 = the mean path's LoRA, 1 = the posterior as trained).
+    """
 
-        if not variational_layers(model):
-            raise ValueError("the model has no VariationalLoRALinear layers (inject with layer_cls=VariationalLoRALinear).")
-        self.model, self.seed = model, seed
+    layer_cls = None  # set by subclasses that accept only one kind of layer
+
+    def __init__(self, model: nn.Module, seed: int = 0, scale: float = 1.0):
+        from .stochastic import StochasticLoRALinear, stochastic_layers
+
+        wanted = self.layer_cls or StochasticLoRALinear
+        if not any(isinstance(m, wanted) for m in stochastic_layers(model).values()):
+            if self.layer_cls is None:
+                raise ValueError("the model has no stochastic adapter layer (inject_lora with layer_cls="
+                                 "VariationalLoRALinear, InducingLoRALinear, BaLoRALinear or BLoBLinear).")
+            raise ValueError(f"the model has no {wanted.__name__} layers (inject with layer_cls={wanted.__name__}).")
+        if not scale >= 0:
+            raise ValueError(f"scale must be ≥ 0, got {scale!r}.")
+        self.model, self.seed, self.scale = model, seed, scale
 
     def predict_samples(self, inputs: dict, S: int) -> torch.Tensor:
-        from .lrvd import sampling
+        from .stochastic import sampling
 
-        return stacked_draws(self.model, inputs, S, self.seed, sampling(self.model))
+        if not isinstance(S, int) or S < 1:
+            raise ValueError(f"S must be ≥ 1, got {S!r}.")
+        return stacked_draws(self.model, inputs, S, self.seed, sampling(self.model, scale=self.scale, copies=S))
+
+
+class LRVDSampler(NoiseSampler):
+    """``NoiseSampler`` for a model with LRVD layers (rank noise)."""
+
+    @property
+    def layer_cls(self):
+        from .lrvd import VariationalLoRALinear
+
+        return VariationalLoRALinear
 
 
 def sample_probabilities(method: Predictive, data, S: int, batch_size: int = 64) -> torch.Tensor:
