@@ -14,7 +14,9 @@ frozen, their cached outputs (``PrefixData``, see ``prefix_cache``): the loop do
 ``fit(..., cache_key={...})`` stores the result as safetensors + JSON under
 ``cache_dir()/adapters``, keyed by a hash of the key, the training config, the adapter's tensor
 names and shapes, the data and the package version; a later identical call loads it instead of
-training. Files are written atomically; an unreadable file is retrained with a warning.
+training. A keep-best run also stores its final state under the key of the same run without
+keep-best (the two runs take identical steps; only the state kept at the end differs). Files are
+written atomically; an unreadable file is retrained with a warning.
 """
 
 from __future__ import annotations
@@ -258,7 +260,9 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
             if metrics["nll"] < best_nll:
                 best_nll, best_state, history.best_step = metrics["nll"], adapter_state(model), step
             model.train()
+    final = None
     if cfg.keep_best and best_state is not None:
+        final = (adapter_state(model), dataclasses.replace(history, eval=list(history.eval), best_step=cfg.steps))
         load_adapter_state(model, best_state)
     else:
         history.best_step = cfg.steps
@@ -266,6 +270,11 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
     history.seconds = time.perf_counter() - start
     if path is not None:
         _save(path, model, history)
+        if final is not None:  # the same run without keep-best ends in the final state: cache it under that key too
+            state, final_history = final
+            final_history.seconds = history.seconds
+            _save(_cache_path(model, train_data, val_data, dataclasses.replace(cfg, keep_best=False), cache_key),
+                  state, final_history)
     return history
 
 
@@ -311,10 +320,11 @@ def _load(path, model) -> History | None:
     return history
 
 
-def _save(path, model, history: History) -> None:
+def _save(path, model_or_state, history: History) -> None:
     weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
     suffix = f".tmp{os.getpid()}"
-    save_file({k: v.contiguous().cpu() for k, v in adapter_state(model).items()}, str(weights) + suffix)
+    state = model_or_state if isinstance(model_or_state, dict) else adapter_state(model_or_state)
+    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(weights) + suffix)
     os.replace(str(weights) + suffix, weights)
     (meta.parent / (meta.name + suffix)).write_text(json.dumps({"history": history.to_json()}, indent=1))
     os.replace(meta.parent / (meta.name + suffix), meta)
