@@ -162,3 +162,9 @@ from .checks_lrvd import check_kl_sparse_vd, check_local_reparameterisation, che
 
 # Checks of the uncertainty exercises (notebook 04).
 from .checks_bma import check_bma, check_ece, check_jsd_loss, check_mutual_information  # noqa: E402,F401
+from .checks_bayes import (  # noqa: E402,F401
+    check_blob_bottleneck,
+    check_conditional_kl_per_example,
+    check_inducing_kl,
+    check_matheron,
+)
