@@ -331,3 +331,6 @@ def threshold_widget(sweep):
                                      value=min(thresholds, key=lambda t: abs(t - 3.0)), description="log α ≤",
                                      continuous_update=True, layout=widgets.Layout(width="60%"))
     return widgets.interactive(show, threshold=slider)
+
+
+from .viz_posterior import PosteriorExplorer, plot_posterior_explorer, posterior_widget  # noqa: E402,F401

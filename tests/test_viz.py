@@ -175,3 +175,45 @@ def test_points_widget_starts_at_the_most_points_and_redraws():
     assert slider.value == 5 and len(slider.options) == 4
     slider.value = 1  # must redraw without raising
     plt.close("all")
+
+
+def _posterior_explorer():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    draws = {m: torch.rand(3, 8, 4, 2, generator=g).softmax(-1) for m in ("BLoB", "BaLoRA")}
+    return viz.PosteriorExplorer(draws, [0.0, 1.0, 2.0], ["a", "b", "c", "d"], [1, 2, 4, 8], kinds=["ID", "ID", "OOD", "OOD"])
+
+
+def test_posterior_explorer_shows_the_first_s_draws_their_mean_and_mi():
+    from minibayeslora import metrics
+
+    explorer = _posterior_explorer()
+    fig = viz.plot_posterior_explorer(explorer, 4, 2.0)
+    left, right = fig.axes[:2]
+    dots, bars = left.collections[0], left.collections[1]                # the first method: draws and p̄
+    chosen = explorer.draws["BLoB"][2, :4]                               # scale 2.0, first 4 draws
+    np.testing.assert_allclose(dots.get_offsets()[:, 0], chosen[..., 1].flatten().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(bars.get_offsets()[:, 0], chosen.mean(0)[:, 1].numpy(), rtol=1e-6)
+    labels = [t.get_text() for t in left.texts[:4]]
+    assert labels == [f"MI {m:.4f}" for m in metrics.mutual_information(chosen).tolist()]
+    assert all(t.get_position()[0] > 1.0 for t in left.texts), "MI labels sit right of the axes, never under the dots"
+    id_line = right.lines[0]                                              # BLoB, ID reviews, one point per scale
+    expected = [metrics.mutual_information(explorer.draws["BLoB"][i, :4][:, :2]).mean().item() for i in range(3)]
+    np.testing.assert_allclose(id_line.get_ydata(), expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="every S"):
+        viz.PosteriorExplorer(explorer.draws, explorer.scales, explorer.names, [16])
+    with pytest.raises(ValueError, match="draws must be"):
+        viz.PosteriorExplorer(explorer.draws, [0.0, 1.0], explorer.names, [1])
+    with pytest.raises(ValueError, match="increasing"):
+        viz.PosteriorExplorer(explorer.draws, [1.0, 0.0, 2.0], explorer.names, [1])
+
+
+def test_posterior_widget_starts_at_the_largest_s_and_scale_one():
+    import matplotlib.pyplot as plt
+
+    widget = viz.posterior_widget(_posterior_explorer())
+    sizes, scales = widget.children[:2]
+    assert sizes.value == 8 and scales.value == 1.0
+    sizes.value, scales.value = 1, 0.0      # must redraw without raising
+    plt.close("all")
