@@ -102,8 +102,9 @@ def check_matheron(matheron_noise) -> bool:
         raise AssertionError(f"ξ must have the factor's shape (p, q) = {(p, q)}, got {tuple(out_shape)}.")
     if sum(1 for s in shapes if s == (m, m)) >= 3:
         raise AssertionError("you drew E₂ and E₃ at the inducing size m×m and mapped them with a square root of Z Zᵀ "
-                             "(the released code's variant). When m > p that matrix is singular and the covariance "
-                             "is wrong: draw E₂ (p×m), E₃ (m×q) and map them with Z_r and Z_cᵀ.")
+                             "(the released code's variant). When m > p that matrix is singular: its Cholesky factor "
+                             "exists only after adding a jitter, which then shifts the covariance. Draw E₂ (p×m), E₃ (m×q) "
+                             "and map them with Z_r and Z_cᵀ: no factorisation needed.")
     references = {}
     for kind in ("exact", "plus", "no_d_terms", "no_e1", "no_inverse"):
         references[kind], _, _ = _exact_covariance(_variant(kind), args, kind)

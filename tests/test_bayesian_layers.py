@@ -86,7 +86,9 @@ def test_matheron_covariance_is_the_exact_conditional():
     # the released code's chol(ZZᵀ) variant: here m > p, Z_r Z_rᵀ is singular, the jitter shows
     public = _jacobian_covariance(lambda *E: _public_code_variant(z_row, z_col, d_row, d_col, *E),
                                   [(p, q), (m, m), (m, m), (m, m)])
-    assert (public - target).abs().max() > 1e-4, "the chol(ZZᵀ) variant should miss the conditional covariance"
+    assert (public - target).abs().max() > 1e-6, "the chol(ZZᵀ) variant misses the conditional covariance by its jitter"
+    with pytest.raises(torch.linalg.LinAlgError):               # and without a jitter it cannot even be formed
+        torch.linalg.cholesky(z_row @ z_row.T)
 
 
 def test_matheron_samples_batch_and_match_the_layer():
