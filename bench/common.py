@@ -1,14 +1,11 @@
-"""Shared pieces of the benchmark scripts: a fixed batch and interleaved, median timings."""
+"""Shared pieces of the benchmark scripts: a fixed batch; interleaved, median timings (``minibayeslora.timing``)."""
 
 from __future__ import annotations
-
-import statistics
-import time
-from typing import Callable
 
 import torch
 
 from minibayeslora import config, data
+from minibayeslora.timing import interleaved_medians, training_step  # noqa: F401 (the benches import them from here)
 
 
 def seeded_lora_minilm(r: int = 8, alpha: float = 16, layer_cls=None, seed: int = 0):
@@ -28,34 +25,3 @@ def fixed_batch(model, batch: int, length: int) -> tuple[dict, torch.Tensor]:
     enc = model.tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
     labels = torch.randint(0, 2, (batch,), generator=torch.Generator().manual_seed(0))
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}, labels
-
-
-def training_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: Callable | None = None) -> Callable[[], float]:
-    """A closure running forward + backward + optimizer step; returns its wall time in seconds.
-
-    ``loss_fn(model, batch, labels)`` defaults to the cross-entropy of ``model(**batch)``.
-    """
-    def step() -> float:
-        t0 = time.perf_counter()
-        if loss_fn is None:
-            loss = torch.nn.functional.cross_entropy(model(**batch), labels)
-        else:
-            loss = loss_fn(model, batch, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return time.perf_counter() - t0
-    return step
-
-
-def interleaved_medians(steps: dict[str, Callable[[], float]], repeats: int, warmup: int = 3) -> dict[str, float]:
-    """Median time of each step, running them in alternating order so drifts hit all alike."""
-    names = list(steps)
-    for _ in range(warmup):
-        for name in names:
-            steps[name]()
-    times = {name: [] for name in names}
-    for i in range(repeats):
-        for name in (names if i % 2 == 0 else names[::-1]):
-            times[name].append(steps[name]())
-    return {name: statistics.median(t) for name, t in times.items()}
