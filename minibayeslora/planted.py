@@ -77,7 +77,10 @@ def fit_linear(layer: LoRALinear, task: PlantedRank, cfg: LinearFitConfig, progr
     trajectory = []
     torch.manual_seed(cfg.seed)
     for step in tqdm(range(cfg.steps), desc="fitting", disable=not progress, leave=False):
-        with sampling(layer, on=variational):
+        if variational:
+            with sampling(layer, on=True):
+                prediction = layer(task.x)
+        else:
             prediction = layer(task.x)
         loss = ((prediction - task.y) ** 2).sum(1).mean() / (2 * task.noise ** 2)
         if variational:
