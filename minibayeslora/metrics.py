@@ -1,4 +1,4 @@
-"""Metrics for predictive distributions, one definition used everywhere (design §7).
+"""Metrics for predictive distributions, one definition used everywhere.
 
 Given S samples of class probabilities p_s, shape (S, N, C), the prediction is p̄ = mean_s p_s (N, C):
 
@@ -110,3 +110,53 @@ def auroc(scores_in, scores_out) -> float:
     n_out = len(scores_out)
     u = ranks[len(scores_in):].sum() - n_out * (n_out + 1) / 2
     return float(u / (n_out * len(scores_in)))
+
+
+def cluster_bootstrap(statistic, groups, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Percentile bootstrap interval of ``statistic`` that resamples whole groups (e.g. movies) with replacement.
+
+    ``statistic(idx)`` takes a LongTensor of row indices and returns a float computed on those rows (a metric, or
+    the difference of two methods' metrics on the same rows, for a paired interval). ``groups`` (N,) names each
+    row's group. Reviews of one movie are not independent, so resampling single reviews would make the interval
+    too narrow; resampling movies keeps each movie's reviews together. Returns (value on all rows, low, high).
+    """
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be at least 1, got {n_boot}.")
+    if not 0 < level < 1:
+        raise ValueError(f"level must lie in (0, 1), got {level}.")
+    if len(groups) == 0:
+        raise ValueError("cluster_bootstrap needs at least one row.")
+    _, group_of_row = torch.unique(torch.as_tensor(_group_codes(groups)), return_inverse=True)
+    n_groups = int(group_of_row.max()) + 1
+    order = torch.argsort(group_of_row, stable=True)
+    sizes = torch.bincount(group_of_row, minlength=n_groups)
+    starts = torch.cumsum(sizes, 0) - sizes
+    rows_of_group = [order[s:s + n] for s, n in zip(starts.tolist(), sizes.tolist())]
+    generator = torch.Generator().manual_seed(seed)
+    values = []
+    for _ in range(n_boot):
+        picked = torch.randint(n_groups, (n_groups,), generator=generator)
+        values.append(float(statistic(torch.cat([rows_of_group[g] for g in picked.tolist()]))))
+    values = torch.tensor(values, dtype=torch.float64)
+    tail = (1 - level) / 2
+    low, high = torch.quantile(values, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
+    return float(statistic(torch.arange(len(groups)))), low, high
+
+
+def _group_codes(groups) -> list[int]:
+    """Integer codes for group labels of any hashable type (strings included), in order of first appearance."""
+    codes: dict = {}
+    return [codes.setdefault(g, len(codes)) for g in (groups.tolist() if torch.is_tensor(groups) else groups)]
+
+
+def intervals(p_bars: dict, labels, groups, n_boot: int = 500, level: float = 0.95, seed: int = 0) -> dict:
+    """``{name: {"acc" | "NLL" | "ECE" | "Brier": (value, low, high)}}`` for several methods' p̄ (N, C) on one set.
+
+    Every method and metric uses the same ``n_boot`` resamples of the groups (same ``seed``), so intervals of
+    different methods are comparable; for the interval of a *difference*, call ``cluster_bootstrap`` on it.
+    """
+    labels = torch.as_tensor(labels)
+    functions = {"acc": accuracy, "NLL": nll, "ECE": ece, "Brier": brier}
+    return {name: {metric: cluster_bootstrap(lambda i, f=f, p=p: f(p[i], labels[i]), groups, n_boot, level, seed)
+                   for metric, f in functions.items()}
+            for name, p in p_bars.items()}

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,3 +81,61 @@ def test_clear_errors_on_bad_input():
         metrics.accuracy(_random_probs(4, 2), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="at least one"):
         metrics.auroc([], [1.0])
+
+
+def test_cluster_bootstrap_with_one_row_per_group_matches_scipys_bootstrap():
+    from scipy.stats import bootstrap
+
+    from minibayeslora.metrics import cluster_bootstrap
+
+    x = torch.rand(300, generator=torch.Generator().manual_seed(0)) ** 3   # skewed, so the interval is not symmetric
+    value, low, high = cluster_bootstrap(lambda i: x[i].mean().item(), list(range(300)), n_boot=4000)
+    ref = bootstrap((x.numpy(),), np.mean, n_resamples=4000, method="percentile", random_state=0).confidence_interval
+    assert value == pytest.approx(x.mean().item())
+    # two Monte Carlo estimates of the same quantiles: equal to well within the interval's width
+    width = high - low
+    assert abs(low - ref.low) < 0.05 * width and abs(high - ref.high) < 0.05 * width
+
+
+def test_cluster_bootstrap_resamples_groups_not_rows():
+    """Rows of one group share a value: the group-level interval is the ordinary bootstrap of the group means,
+    and it is much wider than the (wrong) row-level interval, which treats the copies as independent."""
+    from minibayeslora.metrics import cluster_bootstrap
+
+    g = torch.Generator().manual_seed(1)
+    group_values = torch.randn(40, generator=g)
+    x = group_values.repeat_interleave(25)                       # 40 groups of 25 identical rows
+    groups = [f"movie {i // 25}" for i in range(len(x))]
+    _, low, high = cluster_bootstrap(lambda i: x[i].mean().item(), groups, n_boot=3000, seed=2)
+    _, g_low, g_high = cluster_bootstrap(lambda i: group_values[i].mean().item(), list(range(40)), n_boot=3000, seed=3)
+    _, r_low, r_high = cluster_bootstrap(lambda i: x[i].mean().item(), list(range(len(x))), n_boot=3000, seed=4)
+    assert (high - low) == pytest.approx(g_high - g_low, rel=0.1)
+    assert (high - low) > 3 * (r_high - r_low)                   # √25 = 5 in theory
+
+
+def test_cluster_bootstrap_is_seeded_and_rejects_bad_input():
+    from minibayeslora.metrics import cluster_bootstrap
+
+    x = torch.arange(10.0)
+    stat = lambda i: x[i].mean().item()  # noqa: E731
+    assert cluster_bootstrap(stat, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4], n_boot=50, seed=5) == \
+        cluster_bootstrap(stat, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4], n_boot=50, seed=5)
+    for kwargs in ({"n_boot": 0}, {"level": 1.0}):
+        with pytest.raises(ValueError):
+            cluster_bootstrap(stat, list(range(10)), **kwargs)
+    with pytest.raises(ValueError, match="at least one row"):
+        cluster_bootstrap(stat, [])
+
+
+def test_intervals_contain_the_value_and_share_their_resamples():
+    from minibayeslora.metrics import cluster_bootstrap, intervals
+
+    g = torch.Generator().manual_seed(6)
+    labels = torch.randint(2, (300,), generator=g)
+    p = torch.softmax(2 * torch.randn(300, 2, generator=g), -1)
+    groups = [i // 6 for i in range(300)]
+    out = intervals({"m": p, "m again": p.clone()}, labels, groups, n_boot=200, seed=1)
+    assert out["m"] == out["m again"], "same data, same resamples: same intervals"
+    for metric, (value, low, high) in out["m"].items():
+        assert low <= value <= high, metric
+    assert out["m"]["NLL"] == cluster_bootstrap(lambda i: metrics.nll(p[i], labels[i]), groups, 200, seed=1)
