@@ -3,7 +3,7 @@
 **Paths.** θ(t), t ∈ [0, 1]: the straight line in factor space is θ(t) = (1 − t) θ_a + t θ_b for
 every tensor (A, B and the head alike).
 
-**Barrier** (design §6). With losses L(t) on a grid, the barrier of a path is the largest excess
+**Barrier** (Garipov et al. 2018; Draxler et al. 2018). With losses L(t) on a grid, the barrier of a path is the largest excess
 of the loss over the chord between its ends,
 
     barrier = max_t [ L(θ(t)) − ((1 − t) L(θ(0)) + t L(θ(1))) ],
@@ -79,6 +79,23 @@ def align_to(A_ref: torch.Tensor, B_ref: torch.Tensor, A: torch.Tensor, B: torch
     signs = torch.sign(similarity[torch.arange(r), torch.tensor(order)])
     signs[signs == 0] = 1
     return signs[:, None] * A[order], B[:, order] * signs[None, :]
+
+
+def aligned_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Both adapter states with every LoRA layer's factors in balanced form, b's rank directions matched to a's.
+
+    Every product B A (so every function) is unchanged; the head and other tensors are copied as they are.
+    Interpolating the results (``lerp_states``) is the "aligned factors" straight line.
+    """
+    a2, b2 = dict(a), dict(b)
+    for key in a:
+        if not key.endswith(".lora_A"):
+            continue
+        name = key.removesuffix(".lora_A")
+        A_a, B_a = a[f"{name}.lora_A"], a[f"{name}.lora_B"]
+        a2[f"{name}.lora_A"], a2[f"{name}.lora_B"] = align_to(A_a, B_a, A_a, B_a)
+        b2[f"{name}.lora_A"], b2[f"{name}.lora_B"] = align_to(A_a, B_a, b[f"{name}.lora_A"], b[f"{name}.lora_B"])
+    return a2, b2
 
 
 def delta_space_state(model: torch.nn.Module, a: dict[str, torch.Tensor], b: dict[str, torch.Tensor],

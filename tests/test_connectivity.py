@@ -54,6 +54,25 @@ def test_alignment_undoes_a_random_gauge():
     torch.testing.assert_close(al_B @ al_A, B @ A, atol=1e-3, rtol=1e-3)
 
 
+
+def test_aligned_states_undo_a_random_gauge_per_layer_and_keep_the_rest():
+    from minibayeslora.connectivity import aligned_states
+
+    g = torch.Generator().manual_seed(3)
+    a, b = {"head.weight": torch.randn(2, 5, generator=g)}, {"head.weight": torch.randn(2, 5, generator=g)}
+    for name in ("l0", "l1"):
+        A, B = torch.randn(4, 10, generator=g), torch.randn(6, 4, generator=g)
+        a[f"{name}.lora_A"], a[f"{name}.lora_B"] = A, B
+        b[f"{name}.lora_A"], b[f"{name}.lora_B"] = gauge_transform(A, B, torch.randn(4, 4, generator=g))  # same ΔW, other gauge
+    a2, b2 = aligned_states(a, b)
+    for name in ("l0", "l1"):
+        torch.testing.assert_close(b2[f"{name}.lora_B"] @ b2[f"{name}.lora_A"], a[f"{name}.lora_B"] @ a[f"{name}.lora_A"], atol=1e-3, rtol=1e-3)
+        # the same function in another gauge comes out as the same factors: the aligned line is constant
+        torch.testing.assert_close(b2[f"{name}.lora_A"], a2[f"{name}.lora_A"], atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(b2[f"{name}.lora_B"], a2[f"{name}.lora_B"], atol=1e-3, rtol=1e-3)
+    assert a2["head.weight"] is a["head.weight"] and b2["head.weight"] is b["head.weight"]
+    assert a["l0.lora_A"] is not a2["l0.lora_A"], "the inputs are not modified in place"
+
 def test_delta_space_path_and_path_evaluation(minilm_fresh, task):
     from minibayeslora.connectivity import delta_space_state, evaluate_path
     from minibayeslora.lora import adapter_state, inject_lora, load_adapter_state
