@@ -62,14 +62,20 @@ class CurveLoss:
     seed: int = 0
     extra: Callable | None = None      # extra(curve_model, [logits_j], labels, ts) -> scalar added to the loss
     perturb: Callable | None = None    # perturb(state, t) -> state
+    fixed_ts: tuple | None = None      # the same t's every batch instead of random ones (e.g. (0, 1): the two ends)
 
     def __post_init__(self):
         if self.n_t < 1:
             raise ValueError(f"n_t must be ≥ 1, got {self.n_t}.")
+        if self.fixed_ts is not None and (len(self.fixed_ts) == 0 or not all(0.0 <= float(t) <= 1.0 for t in self.fixed_ts)):
+            raise ValueError(f"fixed_ts must be a non-empty tuple of values in [0, 1], got {self.fixed_ts}.")
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def __call__(self, curve: CurveModel, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
-        ts = sample_t(self.n_t, self.generator, chain=curve.chain if self.arc_length else None)
+        if self.fixed_ts is not None:
+            ts = torch.tensor([float(t) for t in self.fixed_ts])
+        else:
+            ts = sample_t(self.n_t, self.generator, chain=curve.chain if self.arc_length else None)
         logits = []
         for t in ts.tolist():
             state = curve.chain.point(t)
@@ -101,14 +107,15 @@ def jsd_regulariser(lam: float) -> Callable:
 
 
 @dataclass
-class FlatPerturbation:
-    """``CurveLoss(perturb=FlatPerturbation(ρ))``: Gaussian noise on θ(t), scaled per row (after Flat-LoRA).
+class FactorPerturbation:
+    """``CurveLoss(perturb=FactorPerturbation(ρ))``: Gaussian noise on the adapter state θ(t), scaled per row.
 
-    Each row w_i of every tensor (a 1-D tensor is one row) gets ε ~ N(0, σ_i² I) with
-    σ_i = ρ_eff · ‖w_i‖ / √n, n the row length, so the noise is a fixed fraction of each row's size.
-    ρ_eff ramps from 0 to ρ over the first ``ramp_calls`` calls (training calls it n_t times per step).
-    Also usable at prediction time (ramp_calls=0): each call draws fresh, seeded noise. The noise is
-    not differentiated through; gradients reach θ(t) as if unperturbed (θ̃ = θ + ε).
+    Each row w_i of every tensor of the state (LoRA factors A and B, and the head; a 1-D tensor is one row) gets
+    ε ~ N(0, σ_i² I) with σ_i = ρ_eff · ‖w_i‖ / √n, n the row length, so the noise is a fixed fraction of each
+    row's size. This is noise in *LoRA space*, not Flat-LoRA's (Li et al. 2025), which perturbs the merged weight
+    W₀ + s·B A instead: see ``MergedWeightPerturbation``. ρ_eff ramps from 0 to ρ over the first ``ramp_calls``
+    calls (training calls it n_t times per step). Also usable at prediction time (ramp_calls=0): each call draws
+    fresh, seeded noise. The noise is not differentiated through; gradients reach θ(t) as if unperturbed.
     """
 
     rho: float = 0.05
@@ -126,13 +133,47 @@ class FlatPerturbation:
             return self.rho
         return self.rho * min(1.0, self.calls / self.ramp_calls)
 
-    def __call__(self, state: dict, t: float | None = None) -> dict:
+    def _next_rho(self) -> float:
         rho = self.current_rho()
         self.calls += 1
-        out = {}
-        for name, w in state.items():
-            rows = w.detach().reshape(w.shape[0] if w.dim() > 1 else 1, -1)
-            sigma = rho * rows.norm(dim=1, keepdim=True) / math.sqrt(rows.shape[1])
-            noise = torch.randn(rows.shape, generator=self.generator, dtype=rows.dtype) * sigma
-            out[name] = w + noise.reshape(w.shape).to(w.device)
+        return rho
+
+    def _row_noise(self, w: torch.Tensor, rho: float) -> torch.Tensor:
+        """ε with the shape of ``w``: per row, N(0, (ρ‖w_i‖/√n)²) entries; drawn on the CPU generator (seeded)."""
+        rows = w.detach().reshape(w.shape[0] if w.dim() > 1 else 1, -1)
+        sigma = rho * rows.norm(dim=1, keepdim=True) / math.sqrt(rows.shape[1])
+        noise = torch.randn(rows.shape, generator=self.generator, dtype=rows.dtype, device="cpu") * sigma.cpu()
+        return noise.reshape(w.shape).to(w.device)
+
+    def __call__(self, state: dict, t: float | None = None) -> dict:
+        rho = self._next_rho()
+        return {name: w + self._row_noise(w, rho) for name, w in state.items()}
+
+
+@dataclass
+class MergedWeightPerturbation(FactorPerturbation):
+    """Flat-LoRA's perturbation (Li et al. 2025): noise on the merged weight W = W₀ + s·B A of each LoRA layer.
+
+    For every adapted layer, ε has rows ε_i ~ N(0, σ_i² I) with σ_i = ρ_eff · ‖W_i‖ / √d_in (W_i a row of the
+    *merged* weight, detached), and the forward pass uses W₀ + ε + s·B A: gradients reach A and B exactly as
+    without noise. Flat-LoRA's argument is that flatness must hold for the full weight the model uses, not in
+    the factor coordinates (where the gauge of B A makes "flat" basis-dependent). Tensors other than the
+    adapted layers (the classifier head) are not perturbed. ``layers``: ``lora.lora_layers(model)``.
+    """
+
+    layers: dict = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.layers:
+            raise ValueError("MergedWeightPerturbation needs the model's LoRA layers: layers=lora_layers(model).")
+
+    def __call__(self, state: dict, t: float | None = None) -> dict:
+        rho = self._next_rho()
+        out = dict(state)
+        for name, layer in self.layers.items():
+            A, B = state[f"{name}.lora_A"].detach(), state[f"{name}.lora_B"].detach()
+            w0 = layer.base.weight.detach()
+            merged = w0 + layer.scaling * (B @ A).to(w0.dtype)
+            out[f"{name}.base.weight"] = w0 + self._row_noise(merged, rho)
         return out

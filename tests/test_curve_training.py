@@ -85,16 +85,16 @@ def test_jsd_regulariser_is_minus_lambda_times_the_metrics_jsd():
         jsd_regulariser(-1.0)
 
 
-def test_flat_perturbation_scales_each_row_and_ramps_in():
+def test_factor_perturbation_scales_each_row_and_ramps_in():
     import math
 
     import pytest
 
-    from minibayeslora.curve_training import FlatPerturbation
+    from minibayeslora.curve_training import FactorPerturbation
 
     w = torch.cat([torch.full((1, 4000), 1.0), torch.full((1, 4000), 3.0)])  # rows of norm √4000 and 3√4000
     state = {"w": w.requires_grad_(), "b": torch.full((2000,), 2.0)}
-    perturb = FlatPerturbation(rho=0.1, seed=0)
+    perturb = FactorPerturbation(rho=0.1, seed=0)
     out = perturb(state, 0.5)
     noise = (out["w"] - w).detach()
     for i, scale in enumerate((1.0, 3.0)):  # σ_i = ρ‖w_i‖/√n = ρ·scale
@@ -104,12 +104,71 @@ def test_flat_perturbation_scales_each_row_and_ramps_in():
     out["w"].sum().backward()
     assert torch.equal(w.grad, torch.ones_like(w)), "gradients reach θ(t) as if unperturbed"
 
-    ramped = FlatPerturbation(rho=0.1, ramp_calls=4, seed=0)
+    ramped = FactorPerturbation(rho=0.1, ramp_calls=4, seed=0)
     first = ramped({"w": w.detach()})
     assert torch.equal(first["w"], w.detach()), "the ramp starts at zero noise"
     assert [ramped.current_rho() for _ in range(1)] == [0.025]
-    again = FlatPerturbation(rho=0.1, seed=0)({"w": w.detach()})
-    assert torch.equal(again["w"], FlatPerturbation(rho=0.1, seed=0)({"w": w.detach()})["w"]), "seeded"
+    again = FactorPerturbation(rho=0.1, seed=0)({"w": w.detach()})
+    assert torch.equal(again["w"], FactorPerturbation(rho=0.1, seed=0)({"w": w.detach()})["w"]), "seeded"
     with pytest.raises(ValueError):
-        FlatPerturbation(rho=-0.1)
-    assert math.isclose(FlatPerturbation(rho=0.3).current_rho(), 0.3)
+        FactorPerturbation(rho=-0.1)
+    assert math.isclose(FactorPerturbation(rho=0.3).current_rho(), 0.3)
+
+
+def test_merged_weight_perturbation_is_flat_loras_noise_on_w0_plus_sba():
+    """The forward pass sees W₀ + s·B A + ε with ε scaled per row of the *merged* weight; A and B get the
+    unperturbed gradients; the head is untouched. Reference: the merged weight built by hand."""
+    import math
+
+    import pytest
+
+    from minibayeslora.curve_training import MergedWeightPerturbation
+    from minibayeslora.lora import LoRALinear, lora_layers
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential()
+    model.add_module("proj", LoRALinear(torch.nn.Linear(4000, 3), r=2, alpha=4))
+    model.add_module("head", torch.nn.Linear(3, 2))
+    layer = model.proj
+    with torch.no_grad():
+        layer.base.weight.copy_(torch.stack([torch.full((4000,), 1.0), torch.full((4000,), 2.0), torch.zeros(4000)]))
+        layer.lora_B.copy_(torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 0.0]]))
+        layer.lora_A.copy_(torch.stack([torch.full((4000,), 1.5), torch.zeros(4000)]))
+    state = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters() if "lora" in k or "head" in k}
+    out = MergedWeightPerturbation(rho=0.1, seed=0, layers=lora_layers(model))(state)
+    noise = out["proj.base.weight"] - layer.base.weight
+    merged = layer.base.weight + layer.scaling * layer.lora_B @ layer.lora_A   # rows of size 1, 2 and 3 per entry
+    for i in range(3):  # σ_i = ρ‖W_i‖/√d_in, with W the merged weight (row 2 is pure adapter: W₀'s row is zero)
+        expected = 0.1 * merged[i].norm().item() / math.sqrt(4000)
+        assert noise[i].std().item() == pytest.approx(expected, rel=0.05)
+    assert out["head.weight"] is state["head.weight"] and out["proj.lora_A"] is state["proj.lora_A"]
+    x = torch.randn(5, 4000)
+    y = torch.func.functional_call(model, out, (x,), strict=False)
+    torch.testing.assert_close(y, model.head(x @ (merged + noise).T + layer.base.bias), atol=1e-4, rtol=1e-4)
+    y.sum().backward()
+    ref = {k: v.detach().clone().requires_grad_() for k, v in state.items()}
+    with torch.no_grad():
+        w_noisy = layer.base.weight + noise
+    y_ref = torch.func.functional_call(model, {**ref, "proj.base.weight": w_noisy}, (x,), strict=False)
+    y_ref.sum().backward()
+    torch.testing.assert_close(state["proj.lora_A"].grad, ref["proj.lora_A"].grad)
+    with pytest.raises(ValueError, match="LoRA layers"):
+        MergedWeightPerturbation(rho=0.1)
+
+
+def test_fixed_ts_train_the_two_ends_of_a_free_line_as_two_adapters(minilm_fresh, task):
+    model = minilm_fresh
+    inject_lora(model, ["query", "value"], r=2, alpha=4, layers=[5])
+    a, b = _anchors(model)
+    curve = CurveModel(model, BezierChain([a, b], degree=1, mode="free"))
+    batch = model.tokenize(task.val.texts[:4])
+    labels = torch.tensor([0, 1, 0, 1])
+    seen = []
+    loss = CurveLoss(n_t=2, fixed_ts=(0.0, 1.0), extra=lambda c, logits, y, ts: seen.append(ts.tolist()) or 0.0)(curve, batch, labels)
+    with torch.no_grad():
+        expected = sum(torch.nn.functional.cross_entropy(curve.logits_at(t, **batch), labels) for t in (0.0, 1.0)) / 2
+    torch.testing.assert_close(loss, expected)
+    assert seen == [[0.0, 1.0]]
+    import pytest
+    with pytest.raises(ValueError, match="fixed_ts"):
+        CurveLoss(fixed_ts=(0.5, 1.5))
