@@ -168,3 +168,12 @@ from .checks_bayes import (  # noqa: E402,F401
     check_inducing_kl,
     check_matheron,
 )
+
+# Checks of the ★★★ derivation exercises (notebooks 01–05).
+from .checks_derive import (  # noqa: E402,F401
+    check_best_middle_point,
+    check_gauge_between,
+    check_lora_grads,
+    check_noise_fit_gain,
+    check_two_point_jsd,
+)

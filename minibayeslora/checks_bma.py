@@ -40,6 +40,15 @@ def check_ece(ece) -> bool:
         "you took |accuracy − confidence| over all examples at once: compare them bin by bin.": (correct.mean() - confidence.mean()).abs(),
         "the absolute value goes around each bin's gap, not around each example's gap.": (correct - confidence).abs().mean(),
     }, "ece(probs, labels)", atol=1e-6)
+    # confidences of exactly 1 next to others in the top bin: whether they share it changes the gaps
+    probs = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.96, 0.04], [0.96, 0.04]], dtype=torch.float64)
+    labels = torch.tensor([1, 0, 0, 0])
+    got = torch.as_tensor(float(_call(ece, probs, labels, what="ece", shape_hint="probs is (N, C), labels is (N,).")), dtype=torch.float64)
+    last_bin = (torch.tensor([0.0, 1.0, 1.0, 1.0]).mean() - torch.tensor([1.0, 1.0, 0.96, 0.96]).mean()).abs()
+    _diagnose(got, torch.tensor(metrics.ece(probs, labels), dtype=torch.float64), {
+        "a confidence of exactly 1 gets a bin of its own (bin 15, after [14/15, 1)), as in torchmetrics; "
+        "you put it in the last bin.": last_bin.double(),
+    }, "ece(probs, labels) with confidences of exactly 1", atol=1e-6)
     return _ok("check_ece")
 
 

@@ -23,7 +23,15 @@ def _unweighted_ece(probs, labels):
     return torch.stack([(correct[bins == b].mean() - confidence[bins == b].mean()).abs() for b in bins.unique()]).mean()
 
 
+def _ece_one_in_last_bin(probs, labels):
+    confidence, predicted = probs.max(-1)
+    correct = (predicted == labels).double()
+    bins = (confidence * 15).long().clamp(max=14)   # confidence 1 shares bin 14
+    return sum((bins == b).double().mean() * (correct[bins == b].mean() - confidence[bins == b].mean()).abs() for b in bins.unique())
+
+
 ECE = {
+    "one_in_last_bin": (_ece_one_in_last_bin, "a bin of its own"),
     "unweighted": (_unweighted_ece, "weight each bin"),
     "ten_bins": (lambda p, y: metrics.ece(p, y, n_bins=10), "15 equal-width bins"),
     "global_gap": (lambda p, y: (p.max(-1).values - (p.argmax(-1) == y).double()).mean().abs(), "bin by bin"),
