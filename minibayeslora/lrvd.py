@@ -4,7 +4,7 @@ Each rank component r of a LoRA layer gets one multiplicative Gaussian noise var
 
     y = W₀x + (α_lora/r) · B (z ⊙ A x),     z_r ~ N(1, α_r),  one learned log α_r per rank,
 
-so a layer adds r numbers to LoRA's (design §6). (α_r is the noise variance; the LoRA scaling
+so a layer adds r numbers to LoRA's. (α_r is the noise variance; the LoRA scaling
 α_lora/r is a different α.) **Local reparameterisation**: rather than sampling z for the weights,
 sample the bottleneck u = A x directly, u ~ N(A x, α ⊙ (A x)²). Which draws share a z is a choice
 (``noise=``): ``"sequence"`` draws one z per example and uses it for all the example's tokens,

@@ -5,7 +5,7 @@ prefix-cache batch) for N examples; the S samples are S draws from the method's 
 distribution (S = 1 for a point estimate). ``sample_probabilities`` runs a method over a whole
 dataset, and ``metrics`` turns the result into numbers (p̄ = mean over S).
 
-Noise is switched on explicitly by each method and the model stays in ``eval()`` mode (design §7).
+Noise is switched on explicitly by each method and the model stays in ``eval()`` mode.
 """
 
 from __future__ import annotations

@@ -237,7 +237,7 @@ def points_widget(explorer: PointsExplorer):
 
 
 def reliability_diagram(curves: dict, n_bins: int = 15):
-    """Accuracy vs confidence per bin (design §7 bins), one line per method: ``{name: (p̄ (N, C), labels (N,))}``.
+    """Accuracy vs confidence per bin (15 equal-width confidence bins, as `metrics.ece`), one line per method: ``{name: (p̄ (N, C), labels (N,))}``.
 
     Points on the diagonal are calibrated; below it, over-confident. Marker area ∝ bin count.
     """
