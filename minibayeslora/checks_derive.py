@@ -107,7 +107,7 @@ def check_noise_fit_gain(noise_fit_gain) -> bool:
     Σ‖ε_i‖²/2σ² − min_M Σ‖ε_i − M x_i‖²/2σ², over maps M of rank ≤ k (nats).
 
     Reference: project ε onto the column space of x (the fitted values of least squares), keep its top-k
-    singular values: gain = Σ_{j≤k} s_j² / 2σ². The brute-force check below confirms it by gradient descent.
+    singular values: gain = Σ_{j≤k} s_j² / 2σ² (tests/test_checks_derive.py confirms it by optimising a rank-k map).
     """
     g = torch.Generator().manual_seed(4)
     n, d, d_out, k, sigma = 200, 6, 5, 2, 0.3

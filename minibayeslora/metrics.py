@@ -126,7 +126,7 @@ def cluster_bootstrap(statistic, groups, n_boot: int = 1000, level: float = 0.95
         raise ValueError(f"level must lie in (0, 1), got {level}.")
     if len(groups) == 0:
         raise ValueError("cluster_bootstrap needs at least one row.")
-    _, group_of_row = torch.unique(torch.as_tensor(_group_codes(groups)), return_inverse=True)
+    group_of_row = torch.tensor(_group_codes(groups))
     n_groups = int(group_of_row.max()) + 1
     order = torch.argsort(group_of_row, stable=True)
     sizes = torch.bincount(group_of_row, minlength=n_groups)
