@@ -10,11 +10,22 @@ with the hint, so nbgrader and plain notebooks both see a failed cell.
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 from torch import nn
 
+from . import config
 from ._check_tools import _call, _diagnose, _ok
+
+
+def _private_rng(check):
+    """Run ``check`` with torch's RNG seeded to 0, restoring the caller's random stream afterwards."""
+    @functools.wraps(check)
+    def wrapper(*args, **kwargs):
+        with config.private_rng(0):
+            return check(*args, **kwargs)
+    return wrapper
 
 
 def _factors(d_out=5, d_in=7, r=3, seed=0):
@@ -55,9 +66,9 @@ def check_lora_forward(lora_forward) -> bool:
     return _ok("check_lora_forward")
 
 
+@_private_rng
 def check_lora_layer(layer_cls) -> bool:
     """``layer_cls(base, r, alpha)``: lora_A (r, d_in) random, lora_B (d_out, r) zeros, W₀ frozen, right forward."""
-    torch.manual_seed(0)
     base = nn.Linear(7, 5)
     reference_weight = base.weight.detach().clone()
     layer = _call(layer_cls, base, 3, 6.0, what="the layer")
@@ -98,11 +109,11 @@ def check_lora_layer(layer_cls) -> bool:
     return _ok("check_lora_layer")
 
 
+@_private_rng
 def check_merge(merge) -> bool:
     """``merge(layer)`` takes a LoRALinear and returns a new ``nn.Linear`` with weight W₀ + ΔW (and the bias)."""
     from .lora import LoRALinear
 
-    torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(6, 6), r=2, alpha=4.0)
     with torch.no_grad():
         layer.lora_B.normal_()
@@ -127,11 +138,11 @@ def check_merge(merge) -> bool:
     return _ok("check_merge")
 
 
+@_private_rng
 def check_trainable_count(count_trainable) -> bool:
     """``count_trainable(model)`` must return the number of trainable *elements* (LoRA factors + head)."""
     from .lora import inject_lora
 
-    torch.manual_seed(0)
     model = nn.Sequential()
     model.add_module("layer", nn.ModuleList([nn.ModuleDict({"query": nn.Linear(8, 8), "value": nn.Linear(8, 8)}) for _ in range(2)]))
     model.add_module("head", nn.Linear(8, 2))

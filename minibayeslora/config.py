@@ -11,6 +11,7 @@ A *profile* changes sizes and step counts only, never the code path:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -61,6 +62,20 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def private_rng(seed: int):
+    """Seed torch's global RNGs (CPU and every visible CUDA device) inside the block and restore them after it.
+
+    Code that needs reproducible draws without moving the caller's random stream (a check function, a seeded
+    prediction) runs in this block: what the caller draws next is the same as if the block had not run.
+    """
+    # every CUDA device, whether or not it is initialised yet: torch.manual_seed queues a CUDA reseed for later
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
 
 
 def device() -> torch.device:

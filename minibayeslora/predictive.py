@@ -16,6 +16,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from . import config
 from .train import batched_logits, eval_mode
 
 
@@ -38,8 +39,7 @@ def stacked_draws(model: nn.Module, inputs: dict, S: int, seed: int, noise_on) -
     """
     if S < 1:
         raise ValueError(f"S must be ≥ 1, got {S}.")
-    with eval_mode(model), torch.random.fork_rng(devices=[]), noise_on:
-        torch.manual_seed(seed)
+    with eval_mode(model), config.private_rng(seed), noise_on:
         logits = model(**repeat_batch(inputs, S))
     return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
 

@@ -165,3 +165,25 @@ def test_trainable_count_reference_passes():
 def test_trainable_count_mistakes(mistake):
     impl, hint = COUNT_MISTAKES[mistake]
     _fails_with(checks.check_trainable_count, impl, hint)
+
+
+def test_checks_leave_the_callers_random_stream_alone():
+    """A check seeds its own draws; the caller's next random numbers are the ones it would have drawn anyway."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    assert checks.check_lora_layer(LoRALinear)
+    assert checks.check_merge(_merge)
+    assert checks.check_trainable_count(lambda m: sum(p.numel() for p in m.parameters() if p.requires_grad))
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_checks_are_deterministic_whatever_the_callers_seed():
+    """The same (wrong) layer fails with the same message after any global seed: the check owns its randomness."""
+    messages = set()
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        with pytest.raises(AssertionError) as failure:
+            checks.check_lora_layer(lambda base, r, alpha: _Layer(base, r, alpha, b_random=True))
+        messages.add(str(failure.value))
+    assert len(messages) == 1

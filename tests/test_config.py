@@ -71,3 +71,14 @@ def test_package_import_is_light():
     code = "import sys, minibayeslora; print(sorted(m for m in ('transformers', 'peft', 'bitsandbytes', 'pandas') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_private_rng_seeds_inside_and_restores_outside():
+    torch.manual_seed(5)
+    expected_after = torch.rand(4)
+    torch.manual_seed(5)
+    with config.private_rng(0):
+        inside = torch.rand(4)
+    assert torch.equal(torch.rand(4), expected_after), "the caller's stream moved"
+    torch.manual_seed(0)
+    assert torch.equal(inside, torch.rand(4)), "the block's draws are those of seed 0"
