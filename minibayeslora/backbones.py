@@ -97,6 +97,15 @@ class SentenceClassifier(nn.Module):
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.head(pooled.to(self.head.weight.dtype))
 
+    def _check_nothing_trainable_below(self, start_layer: int) -> None:
+        """A cached prefix skips layers 0..start_layer-1: refuse if one of them holds an adapter or a trainable weight."""
+        skipped = [i for i, layer in enumerate(self.layers[:start_layer])
+                   if any(hasattr(m, "lora_A") for m in layer.modules()) or any(p.requires_grad for p in layer.parameters())]
+        if skipped:
+            raise ValueError(f"this batch enters the encoder at layer {start_layer} from a cached prefix, but layer(s) "
+                             f"{skipped} below it hold an adapter or trainable weights that the prefix skips; build the "
+                             f"data again with make_data(model, split) after injecting the adapter.")
+
     def forward(self, input_ids=None, attention_mask=None, prefix_hidden=None, start_layer: int = 0):
         if prefix_hidden is None:
             if input_ids is None:
@@ -106,6 +115,8 @@ class SentenceClassifier(nn.Module):
             prefix_hidden, start_layer = self.embed(input_ids), 0
         elif attention_mask is None:
             raise ValueError("prefix_hidden needs its attention_mask.")
+        else:
+            self._check_nothing_trainable_below(start_layer)
         return self.classify(self.run_layers(prefix_hidden, attention_mask, start_layer), attention_mask)
 
 

@@ -83,3 +83,21 @@ def test_changed_frozen_weights_change_the_key(minilm, texts, isolated_cache):
 def test_bad_start_layer(minilm, texts):
     with pytest.raises(ValueError, match="start_layer must be in 0..6"):
         compute_prefix(minilm, texts, 7)
+
+
+def test_prefix_data_refuses_a_model_adapted_below_its_start_layer(minilm_fresh, task, isolated_cache):
+    """Data cached from layer 3 would silently skip an adapter in layer 1: the forward refuses it instead."""
+    from minibayeslora.backbones import load_backbone
+    from minibayeslora.lora import inject_lora
+    from minibayeslora.train import evaluate, make_data
+
+    split = task.val.subset(16, seed=0)
+    inject_lora(minilm_fresh, ["query", "value"], r=2, alpha=4, layers=[3, 4, 5])
+    data = make_data(minilm_fresh, split)
+    assert data.start_layer == 3
+    evaluate(minilm_fresh, data)  # adapters at or above the start layer: fine
+    lower = load_backbone("minilm")
+    inject_lora(lower, ["query", "value"], r=2, alpha=4, layers=[1, 3, 4, 5])
+    with pytest.raises(ValueError, match=r"layer\(s\) \[1\] below it hold an adapter"):
+        evaluate(lower, data)
+    assert make_data(lower, split).start_layer == 1  # data built for this model start below its lowest adapter
