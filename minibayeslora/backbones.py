@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from . import assets, config
+from .lora import lora_layers
 
 EMBEDDED = ("minilm", "smollm2")
 LABEL_NAMES = ("negative", "positive")
@@ -100,7 +101,7 @@ class SentenceClassifier(nn.Module):
     def _check_nothing_trainable_below(self, start_layer: int) -> None:
         """A cached prefix skips layers 0..start_layer-1: refuse if one of them holds an adapter or a trainable weight."""
         skipped = [i for i, layer in enumerate(self.layers[:start_layer])
-                   if any(hasattr(m, "lora_A") for m in layer.modules()) or any(p.requires_grad for p in layer.parameters())]
+                   if lora_layers(layer) or any(p.requires_grad for p in layer.parameters())]
         if skipped:
             raise ValueError(f"this batch enters the encoder at layer {start_layer} from a cached prefix, but layer(s) "
                              f"{skipped} below it hold an adapter or trainable weights that the prefix skips; build the "
