@@ -5,16 +5,15 @@ layer 3). The LoRA step is cross-entropy; each Bayesian step draws its noise (on
 review) and adds β·KL/N (``stochastic.ELBOLoss``, β = 1). Steps alternate; we print medians, the
 ratios to LoRA (targets: Bayesian-LoRA ≤ 1.25, BaLoRA ≤ 1.15, BLoB ≤ 1.15) and the parameter ratios.
 
-    python bench/bayes_step.py [--repeats 30] [--batch 32] [--rank 8]
+    python bench/bayes_step.py [--repeats 30] [--batch 32] [--rank 8] [--device cuda]
 """
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 
-from common import interleaved_medians, seeded_lora_minilm, training_step
+from common import (describe, device_from, interleaved_medians, on_model_device, parser_with_device,
+                    seeded_lora_minilm, training_step)
 from minibayeslora import data
 from minibayeslora.balora import BaLoRALinear
 from minibayeslora.blob import BLoBLinear
@@ -33,16 +32,19 @@ def adapter_parameters(model) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_with_device(__doc__)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--rank", type=int, default=8)
     args = parser.parse_args()
+    device = device_from(args)
 
-    models = {name: seeded_lora_minilm(r=args.rank, alpha=2 * args.rank, layer_cls=cls) for name, (cls, _) in METHODS.items()}
+    models = {name: seeded_lora_minilm(r=args.rank, alpha=2 * args.rank, layer_cls=cls, device=device)
+              for name, (cls, _) in METHODS.items()}
     split = data.load_task().train.subset(args.batch, seed=0)
-    cached = make_data(models["LoRA"], split)
-    batch, labels = cached.inputs(torch.arange(args.batch)), cached.labels
+    cached_model = models["LoRA"]
+    cached = make_data(cached_model, split)
+    batch, labels = on_model_device(cached_model, cached.inputs(torch.arange(args.batch)), cached.labels)
     steps = {}
     for name, model in models.items():
         model.train()
@@ -51,7 +53,7 @@ def main() -> None:
     med = interleaved_medians(steps, args.repeats)
     lora_params = adapter_parameters(models["LoRA"])
     print(f"MiniLM + r={args.rank} (q/v, layers 3-5) on the prefix cache, batch {args.batch}; "
-          f"{args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
+          f"{args.repeats} interleaved repeats, {describe(device)}")
     print(f"{'method':>14} {'step (ms)':>10} {'time ratio':>11} {'target':>7} {'adapter params':>15} {'param ratio':>12}")
     for name, (_, target) in METHODS.items():
         params = adapter_parameters(models[name])

@@ -10,45 +10,48 @@ probabilities:
 
 Prints medians and the ratios batched / sequential (target ≤ 0.5, issue 5).
 
-    python bench/bma.py [--repeats 7] [--batch 64] [--samples 16]
+    python bench/bma.py [--repeats 7] [--batch 64] [--samples 16] [--device cuda]
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
 
-from common import interleaved_medians, seeded_lora_minilm
-from minibayeslora import data
+from common import describe, device_from, interleaved_medians, parser_with_device, seeded_lora_minilm
+from minibayeslora import config, data
 from minibayeslora.lora import adapter_state
 from minibayeslora.predictive import StateAverage
 from minibayeslora.train import TextData, make_data
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_with_device(__doc__)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--samples", type=int, default=16)
     args = parser.parse_args()
 
-    model = seeded_lora_minilm()
+    device = device_from(args)
+    model = seeded_lora_minilm(device=device)
     base = adapter_state(model)
     g = torch.Generator().manual_seed(0)
-    states = [{k: v + 0.02 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(args.samples)]
+    states = [{k: v + 0.02 * torch.randn(v.shape, generator=g).to(device) for k, v in base.items()}
+              for _ in range(args.samples)]
 
     split = data.load_task().val.subset(args.batch, seed=0)
-    cached = make_data(model, split).inputs(torch.arange(args.batch))
-    tokens = TextData(model, split.texts, split.labels).inputs(torch.arange(args.batch))
+    cached = config.to_device(make_data(model, split).inputs(torch.arange(args.batch)), device)
+    tokens = config.to_device(TextData(model, split.texts, split.labels).inputs(torch.arange(args.batch)), device)
     batched, sequential = StateAverage(model, states, batched=True), StateAverage(model, states)
     torch.testing.assert_close(batched.predict_samples(cached), sequential.predict_samples(cached), atol=1e-4, rtol=1e-3)
 
     def timed(fn):
         def run() -> float:
+            config.synchronize(device)
             t0 = time.perf_counter()
             fn()
+            config.synchronize(device)
             return time.perf_counter() - t0
         return run
 
@@ -58,7 +61,7 @@ def main() -> None:
         "sequential, uncached": timed(lambda: sequential.predict_samples(tokens)),
     }, args.repeats, warmup=1)
     print(f"MiniLM + r=8 (q/v, layers 3-5), S={args.samples} states, {args.batch} reviews; "
-          f"{args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
+          f"{args.repeats} interleaved repeats, {describe(device)}")
     for name, seconds in med.items():
         print(f"{name:22s} {seconds * 1000:8.1f} ms (median)")
     print(f"ratio batched / sequential, cached:   {med['batched'] / med['sequential, cached']:.3f}  (target <= 0.5)")

@@ -5,33 +5,33 @@ layers + the head, and the same factors. A step is forward + backward + AdamW up
 length 48 from token ids (no prefix cache, so both run all 6 layers). Steps alternate between the
 two models; we report medians over the repeats and the ratio ours / PEFT (target ≤ 1.05).
 
-    python bench/lora_overhead.py [--repeats 30] [--batch 32] [--length 48]
+    python bench/lora_overhead.py [--repeats 30] [--batch 32] [--length 48] [--device cuda]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import torch
 
-from common import fixed_batch, interleaved_medians, training_step
+from common import describe, device_from, fixed_batch, interleaved_medians, parser_with_device, training_step
 from minibayeslora import config
 from minibayeslora.backbones import load_backbone
 from minibayeslora.lora import adapter_state, adapter_state_to_peft, inject_lora, peft_config_for
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = parser_with_device(__doc__)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--length", type=int, default=48)
     args = parser.parse_args()
+    device = device_from(args)
 
     from peft import get_peft_model, set_peft_model_state_dict
 
     config.seed_everything(0)
-    ours = load_backbone("minilm")
+    ours = load_backbone("minilm", device=device)
     pristine = copy.deepcopy(ours)
     inject_lora(ours, ["query", "value"], r=8, alpha=16, layers=[3, 4, 5])
     theirs = get_peft_model(pristine, peft_config_for(ours))
@@ -46,7 +46,7 @@ def main() -> None:
 
     med = interleaved_medians(steps, args.repeats)
     print(f"MiniLM + LoRA r=8 on q/v of layers 3-5 + head; batch {args.batch}, length {args.length}; "
-          f"{args.repeats} interleaved repeats, {torch.get_num_threads()} threads")
+          f"{args.repeats} interleaved repeats, {describe(device)}")
     print(f"ours: {med['ours'] * 1000:.1f} ms/step (median)")
     print(f"peft: {med['peft'] * 1000:.1f} ms/step (median)")
     print(f"ratio ours/peft: {med['ours'] / med['peft']:.3f}  (target <= 1.05)")

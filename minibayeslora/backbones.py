@@ -108,6 +108,10 @@ class SentenceClassifier(nn.Module):
                              f"data again with make_data(model, split) after injecting the adapter.")
 
     def forward(self, input_ids=None, attention_mask=None, prefix_hidden=None, start_layer: int = 0):
+        # batches arrive on the CPU (tokenizer, prefix cache): move them to wherever the model lives
+        device = self.head.weight.device
+        input_ids, attention_mask = _to(input_ids, device), _to(attention_mask, device)
+        prefix_hidden = _to(prefix_hidden, device, self.encoder.embeddings.word_embeddings.weight.dtype)
         if prefix_hidden is None:
             if input_ids is None:
                 raise ValueError("pass input_ids (a tokenised batch) or prefix_hidden (a cached prefix).")
@@ -155,6 +159,8 @@ class DecoderClassifier(nn.Module):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, input_ids, attention_mask=None):
+        device = self.label_token_ids.device
+        input_ids, attention_mask = _to(input_ids, device), _to(attention_mask, device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -163,7 +169,12 @@ class DecoderClassifier(nn.Module):
         last = (attention_mask * positions).argmax(1)
         h = hidden[torch.arange(len(hidden), device=hidden.device), last]          # (N, H)
         w = self.lm.get_output_embeddings().weight[self.label_token_ids]           # (C, H)
-        return h.to(w.dtype) @ w.T
+        return h.float() @ w.float().T  # float32 logits whatever the backbone's dtype
+
+
+def _to(tensor: torch.Tensor | None, device, dtype=None) -> torch.Tensor | None:
+    """``tensor`` on ``device`` (and in ``dtype`` if given); None stays None."""
+    return None if tensor is None else tensor.to(device=device, dtype=dtype, non_blocking=True)
 
 
 def _quantization_config(quantization: str | None, skip: list[str]):
@@ -192,11 +203,11 @@ def _prepare_quantized(model: nn.Module) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def _load_kwargs(quantization: str | None, skip: list[str]) -> dict:
+def _load_kwargs(quantization: str | None, skip: list[str], device: torch.device) -> dict:
     qconfig = _quantization_config(quantization, skip)
     if qconfig is None:
         return {}
-    return {"quantization_config": qconfig, "device_map": str(config.device())}
+    return {"quantization_config": qconfig, "device_map": str(device)}
 
 
 def smollm2_dir() -> Path:
@@ -270,13 +281,17 @@ def _from_hub(loader, name: str, **kwargs):
 
 
 def load_backbone(name: str = "minilm", quantization: str | None = None, label_names=LABEL_NAMES,
-                  max_length: int | None = None) -> nn.Module:
+                  max_length: int | None = None, device=None, dtype: torch.dtype | None = None) -> nn.Module:
     """A classifier ready for LoRA: ``model(**model.tokenize(texts))`` -> logits (N, C).
 
     ``name``: ``"minilm"`` (SentenceClassifier), ``"smollm2"`` (DecoderClassifier), or a hub id /
     local folder (a causal LM becomes a DecoderClassifier, anything else a SentenceClassifier).
     ``quantization``: None, ``"4bit"`` (NF4) or ``"8bit"`` via bitsandbytes; the head and pooler stay
     in full precision. The backbone's own weights are frozen; the head is trainable.
+    ``device``: where the model lives (default ``config.device()``: the GPU when there is one).
+    ``dtype``: the frozen backbone's dtype (default float32, whatever dtype the checkpoint was saved
+    in: transformers would otherwise keep a bf16 checkpoint in bf16). The trainable tensors (head,
+    LoRA factors) are float32 in every case.
     """
     if not isinstance(name, str) or not name:
         raise ValueError(f"name must be 'minilm', 'smollm2' or a hub id, got {name!r}.")
@@ -293,7 +308,11 @@ def load_backbone(name: str = "minilm", quantization: str | None = None, label_n
         source, decoder = name, bool(getattr(cfg, "is_decoder", False)) or any(
             a.endswith("ForCausalLM") for a in (cfg.architectures or []))
     skip = ["lm_head"] if decoder else ["pooler", "classifier"]
-    kwargs = _load_kwargs(quantization, skip)
+    device = torch.device(device) if device is not None else config.device()
+    dtype = dtype or torch.float32
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"dtype must be a floating torch dtype such as torch.float32 or torch.bfloat16, got {dtype!r}.")
+    kwargs = {"dtype": dtype, **_load_kwargs(quantization, skip, device)}
     tokenizer = _from_hub(AutoTokenizer.from_pretrained, source)
     if decoder:
         backbone = _from_hub(AutoModelForCausalLM.from_pretrained, source, **kwargs)
@@ -303,6 +322,13 @@ def load_backbone(name: str = "minilm", quantization: str | None = None, label_n
         model = SentenceClassifier(backbone, tokenizer, label_names, max_length=max_length or 64)
     if quantization is not None:
         _prepare_quantized(model)
+        # bitsandbytes placed the backbone (device_map); the float32 head and the label ids join it
+        if hasattr(model, "head"):
+            model.head.to(device)
+        for name, buffer in model.named_buffers(recurse=False):
+            setattr(model, name, buffer.to(device))
+    else:
+        model.to(device)
     backbone.requires_grad_(False)
     model.name = key if key in EMBEDDED else name
     model.quantization = quantization

@@ -83,6 +83,35 @@ def device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def model_device(module: torch.nn.Module) -> torch.device:
+    """The device of a module's first parameter (``cpu`` for a module without parameters)."""
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def to_device(batch: dict, device) -> dict:
+    """A batch of model kwargs with every tensor on ``device`` (other values pass through)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def synchronize(device) -> None:
+    """Wait for the device's queued work (GPU kernels run asynchronously); a no-op on the CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+#: The backbones the notebooks can run on without the internet; any other value is a hub id or a local folder.
+EMBEDDED_BACKBONES = ("minilm", "smollm2")
+
+
+def backbone_name() -> str:
+    """The notebooks' backbone: ``$MINIBAYESLORA_BACKBONE`` (``minilm``, ``smollm2`` or a hub id), default ``minilm``."""
+    name = os.environ.get("MINIBAYESLORA_BACKBONE", "").strip()
+    if not name:
+        return "minilm"
+    return name.lower() if name.lower() in EMBEDDED_BACKBONES else name
+
+
 def cache_dir(*parts: str) -> Path:
     """The course's cache folder (``$MINIBAYESLORA_CACHE``, default ``~/.cache/minibayeslora``).
 

@@ -50,6 +50,7 @@ def barrier(ts, losses, segments: int = 1) -> list[float]:
 
 def gauge_transform(A: torch.Tensor, B: torch.Tensor, G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A (r, d_in), B (d_out, r), G (r, r) invertible -> (G A, B G⁻¹): same B A."""
+    G = G.to(A.device, A.dtype)
     return G @ A, torch.linalg.solve(G.T, B.T).T
 
 
@@ -110,8 +111,9 @@ def delta_space_state(model: torch.nn.Module, a: dict[str, torch.Tensor], b: dic
 
     state = lerp_states(a, b, t)
     for name, layer in lora_layers(model).items():
-        delta = [layer.scaling * (s[f"{name}.lora_B"] @ s[f"{name}.lora_A"]) for s in (a, b)]
-        state[f"{name}.base.weight"] = layer.base.weight.detach() + torch.lerp(delta[0], delta[1], float(t))
+        w0 = layer.base.weight.detach()
+        delta = [layer.scaling * (s[f"{name}.lora_B"] @ s[f"{name}.lora_A"]).to(w0.device) for s in (a, b)]
+        state[f"{name}.base.weight"] = w0 + torch.lerp(delta[0], delta[1], float(t))
         state[f"{name}.lora_B"] = torch.zeros_like(state[f"{name}.lora_B"])
     return state
 
@@ -128,9 +130,10 @@ def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 
     from .train import batched_logits, eval_mode
 
     nll, acc = [], []
+    device = next(model.parameters()).device
     with eval_mode(model):
         for t in ts:
-            state = state_at(float(t))
+            state = {name: tensor.to(device) for name, tensor in state_at(float(t)).items()}
             logits = batched_logits(lambda inputs: functional_call(model, state, args=(), kwargs=inputs, strict=False),
                                     data, batch_size)
             nll.append(F.cross_entropy(logits, data.labels).item())

@@ -59,6 +59,7 @@ class BezierChain(nn.Module):
         fractions = torch.arange(1, degree) / degree  # interior points, equally spaced on the line
         for i, name in enumerate(names):
             junctions = torch.stack([a[name].detach().float() for a in anchors])        # (K+1, *shape)
+            fractions = fractions.to(junctions.device)
             shape = (-1,) + (1,) * (junctions.dim() - 1)
             start, end = junctions[:-1].unsqueeze(1), junctions[1:].unsqueeze(1)       # (K, 1, *shape)
             interior = start + fractions.view(1, *shape) * (end - start)               # (K, degree−1, *shape)
@@ -88,14 +89,14 @@ class BezierChain(nn.Module):
         out = {}
         for name in self.names:
             points = self.control_points(name, k)
-            out[name] = torch.tensordot(weights.to(points.dtype), points, dims=1)
+            out[name] = torch.tensordot(weights.to(points.device, points.dtype), points, dims=1)
         return out
 
     def arc_length_table(self, grid: int = 201) -> tuple[torch.Tensor, torch.Tensor]:
         """(t grid, cumulative length s(t) / total) with ‖·‖ the Euclidean norm over all tensors."""
         ts = torch.linspace(0, 1, grid)
         with torch.no_grad():
-            flat = torch.stack([torch.cat([v.flatten() for v in self.point(float(t)).values()]) for t in ts])
+            flat = torch.stack([torch.cat([v.flatten() for v in self.point(float(t)).values()]) for t in ts]).cpu()
         steps = (flat[1:] - flat[:-1]).norm(dim=1)
         cumulative = torch.cat([torch.zeros(1), steps.cumsum(0)])
         total = cumulative[-1]

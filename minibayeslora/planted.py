@@ -74,15 +74,16 @@ def fit_linear(layer: LoRALinear, task: PlantedRank, cfg: LinearFitConfig, progr
         groups.append({"params": [layer.log_alpha], "lr": cfg.log_alpha_lr})
     optimizer = torch.optim.Adam(groups, lr=cfg.lr)
     n = len(task.x)
+    x, y = task.x.to(layer.lora_A.device), task.y.to(layer.lora_A.device)
     trajectory = []
     torch.manual_seed(cfg.seed)
     for step in tqdm(range(cfg.steps), desc="fitting", disable=not progress, leave=False):
         if variational:
             with sampling(layer, on=True):
-                prediction = layer(task.x)
+                prediction = layer(x)
         else:
-            prediction = layer(task.x)
-        loss = ((prediction - task.y) ** 2).sum(1).mean() / (2 * task.noise ** 2)
+            prediction = layer(x)
+        loss = ((prediction - y) ** 2).sum(1).mean() / (2 * task.noise ** 2)
         if variational:
             beta = cfg.kl_weight * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.kl_weight
             loss = loss + beta * layer.kl() / n

@@ -39,6 +39,7 @@ def stacked_draws(model: nn.Module, inputs: dict, S: int, seed: int, noise_on) -
     """
     if S < 1:
         raise ValueError(f"S must be ≥ 1, got {S}.")
+    inputs = config.to_device(inputs, config.model_device(model))  # repeat on the model's device, not before the copy
     with eval_mode(model), config.private_rng(seed), noise_on:
         logits = model(**repeat_batch(inputs, S))
     return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
@@ -143,12 +144,15 @@ class StateAverage:
     def __init__(self, model: nn.Module, states: list[dict], batched: bool = False):
         if not states:
             raise ValueError("no adapter states to average over.")
-        self.model, self.states, self.batched = model, list(states), batched
+        device = config.model_device(model)
+        self.model, self.batched = model, batched
+        self.states = [{name: tensor.to(device) for name, tensor in state.items()} for state in states]
 
     @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int | None = None) -> torch.Tensor:
         from torch.func import functional_call
 
+        inputs = config.to_device(inputs, config.model_device(self.model))
         with eval_mode(self.model):
             if self.batched:
                 with stacked_states(self.model, self.states):
@@ -173,7 +177,8 @@ def stacked_states(model: nn.Module, states: list[dict]):
     names = set(states[0])
     if any(set(state) != names for state in states):
         raise KeyError("every state must hold the same tensor names.")
-    stack = {name: torch.stack([state[name] for state in states]) for name in names}          # (S, *shape)
+    device = config.model_device(model)
+    stack = {name: torch.stack([state[name].to(device) for state in states]) for name in names}   # (S, *shape)
     patched, covered = [], set()
     try:
         for prefix, module in model.named_modules():

@@ -50,8 +50,9 @@ def nf4_round_trip(weight: torch.Tensor, block: int = 64) -> torch.Tensor:
     """Reference NF4 quantise-dequantise in plain torch (blockwise absmax, nearest level)."""
     flat = weight.detach().float().reshape(-1, block)
     scale = flat.abs().amax(1, keepdim=True)
-    codes = (flat / scale).unsqueeze(-1).sub(NF4_LEVELS).abs().argmin(-1)
-    return (NF4_LEVELS[codes] * scale).reshape(weight.shape)
+    levels = NF4_LEVELS.to(flat.device)
+    codes = (flat / scale).unsqueeze(-1).sub(levels).abs().argmin(-1)
+    return (levels[codes] * scale).reshape(weight.shape)
 
 
 def int8_round_trip(weight: torch.Tensor) -> torch.Tensor:
@@ -71,7 +72,7 @@ def weight_errors(reference: nn.Module, quantized: nn.Module) -> dict[str, float
         if name not in ref:
             raise KeyError(f"{name} is quantized but missing from the reference model.")
         w = ref[name].weight.detach().float()
-        errors[name] = ((dequantized_weight(module) - w).norm() / w.norm()).item()
+        errors[name] = ((dequantized_weight(module).to(w.device) - w).norm() / w.norm()).item()
     if not errors:
         raise ValueError("no bitsandbytes layer found: load the model with quantization='4bit' or '8bit'.")
     return errors

@@ -12,11 +12,11 @@ from typing import Callable
 
 import torch
 
+from .config import model_device, synchronize
+
 
 def _synchronise(model) -> None:
-    device = next(model.parameters()).device
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(model_device(model))
 
 
 def training_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: Callable | None = None) -> Callable[[], float]:

@@ -144,3 +144,55 @@ def test_quantized_smollm2_forward(quantization, smollm2):
         logits, exact = model(**batch), smollm2(**batch)
     assert logits.shape == (3, 2) and torch.isfinite(logits).all()
     assert (logits - exact).abs().max() < 3.0, "quantized label logits far from full precision"
+
+
+def save_tiny_bf16_checkpoint(folder):
+    """A random 2-layer BERT saved in bfloat16 with MiniLM's tokenizer: a stand-in for a hub checkpoint stored in bf16."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).to(torch.bfloat16).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(str(assets.minilm_dir())).save_pretrained(folder)
+    return folder
+
+
+def test_bf16_checkpoint_loads_in_float32_and_trains(tmp_path, task, isolated_cache):
+    """transformers keeps a checkpoint's stored dtype by default; load_backbone asks for float32 unless told otherwise."""
+    from safetensors import safe_open
+
+    from minibayeslora.lora import inject_lora
+    from minibayeslora.train import TrainConfig, fit, make_data
+
+    folder = save_tiny_bf16_checkpoint(tmp_path)
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}, "the checkpoint really is bf16"
+    model = load_backbone(str(folder), device="cpu")  # a local folder goes through the hub-id path
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    inject_lora(model, ["query", "value"], r=2, layers=[1])
+    split = task.train.subset(32, seed=0)
+    history = fit(model, make_data(model, split), None, TrainConfig(steps=2, batch_size=8), progress=False)
+    assert all(torch.isfinite(torch.tensor(history.train_loss)))
+
+    frozen_bf16 = load_backbone(str(folder), device="cpu", dtype=torch.bfloat16)
+    assert frozen_bf16.encoder.embeddings.word_embeddings.weight.dtype == torch.bfloat16
+    inject_lora(frozen_bf16, ["query", "value"], r=2, layers=[1])
+    assert {p.dtype for p in frozen_bf16.parameters() if p.requires_grad} == {torch.float32}, "trainable tensors stay float32"
+    data = make_data(frozen_bf16, split)  # a cached prefix (layer 0) enters a bf16 layer 1
+    logits = frozen_bf16(**data.inputs(torch.arange(4)))
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
+    history = fit(frozen_bf16, data, None, TrainConfig(steps=2, batch_size=8), progress=False)
+    assert all(torch.isfinite(torch.tensor(history.train_loss)))
+
+
+def test_device_and_dtype_arguments(minilm):
+    from minibayeslora import config
+
+    model = load_backbone("minilm", device="cpu")
+    assert config.model_device(model) == torch.device("cpu")
+    assert config.model_device(minilm) == config.device(), "the default device is config.device()"
+    with pytest.raises(ValueError, match="dtype must be a floating"):
+        load_backbone("minilm", dtype=torch.int8)
+    batch = config.to_device({"input_ids": torch.ones(2, 3, dtype=torch.long), "start_layer": 3}, "cpu")
+    assert batch["start_layer"] == 3 and batch["input_ids"].device.type == "cpu"
