@@ -42,7 +42,7 @@ part() {
 summary_of() {
   local log="$LOG_DIR/$1.log"
   case $1 in
-    tests|notebooks-smoke|notebook-gpu) grep -E "(passed|failed|error|skipped)" "$log" | grep -E "^=+ .* =+$" | tail -n 1 | tr -d '=' ;;
+    tests|notebooks-smoke|notebook-gpu) grep -E "[0-9]+ (passed|failed|errors?|skipped)" "$log" | tail -n 1 | tr -d '=' ;;
     benches) grep -E "^ratio|^ *(LoRA|Bayesian-LoRA|BaLoRA|BLoB) +[0-9]" "$log" | sed -E 's/ +/ /g' | paste -sd ';' - ;;
   esac
 }
