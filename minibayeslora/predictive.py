@@ -2,7 +2,8 @@
 
 A method is any object with that method. ``inputs`` is one batch of model kwargs (token ids or a
 prefix-cache batch) for N examples; the S samples are S draws from the method's predictive
-distribution (S = 1 for a point estimate). ``sample_probabilities`` runs a method over a whole
+distribution (S = 1 for a point estimate). The model runs on its own device; the probabilities
+come back on the CPU, where metrics and plots use them. ``sample_probabilities`` runs a method over a whole
 dataset, and ``metrics`` turns the result into numbers (p̄ = mean over S).
 
 Noise is switched on explicitly by each method and the model stays in ``eval()`` mode.
@@ -42,7 +43,7 @@ def stacked_draws(model: nn.Module, inputs: dict, S: int, seed: int, noise_on) -
     inputs = config.to_device(inputs, config.model_device(model))  # repeat on the model's device, not before the copy
     with eval_mode(model), config.private_rng(seed), noise_on:
         logits = model(**repeat_batch(inputs, S))
-    return logits.float().softmax(-1).view(S, -1, logits.shape[-1])
+    return logits.float().softmax(-1).view(S, -1, logits.shape[-1]).cpu()
 
 
 class MAP:
@@ -54,7 +55,7 @@ class MAP:
     @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int = 1) -> torch.Tensor:
         with eval_mode(self.model):
-            return self.model(**inputs).float().softmax(-1).unsqueeze(0)
+            return self.model(**inputs).float().softmax(-1).unsqueeze(0).cpu()
 
 
 class NoiseSampler:
@@ -157,9 +158,9 @@ class StateAverage:
             if self.batched:
                 with stacked_states(self.model, self.states):
                     logits = self.model(**repeat_batch(inputs, len(self.states)))
-                return logits.float().softmax(-1).view(len(self.states), -1, logits.shape[-1])
+                return logits.float().softmax(-1).view(len(self.states), -1, logits.shape[-1]).cpu()
             return torch.stack([functional_call(self.model, state, args=(), kwargs=inputs, strict=False).float().softmax(-1)
-                                for state in self.states])
+                                for state in self.states]).cpu()
 
 
 @contextmanager

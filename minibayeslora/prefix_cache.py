@@ -49,14 +49,12 @@ class PrefixFeatures:
         """Rows ``idx`` as model inputs: ``prefix_hidden`` (B, L_b, H), ``attention_mask`` (B, L_b)."""
         idx = torch.arange(len(self)) if idx is None else torch.as_tensor(idx).reshape(-1)
         lengths = self.lengths[idx]
-        width = int(lengths.max())
-        hidden = self.hidden.new_zeros(len(idx), width, self.hidden.shape[1])
-        mask = torch.zeros(len(idx), width, dtype=torch.long)
-        for row, (i, n) in enumerate(zip(idx.tolist(), lengths.tolist())):
-            start = int(self.offsets[i])
-            hidden[row, :n] = self.hidden[start:start + n]
-            mask[row, :n] = 1
-        return {"prefix_hidden": hidden, "attention_mask": mask, "start_layer": self.start_layer}
+        positions = torch.arange(int(lengths.max()))
+        mask = positions[None, :] < lengths[:, None]                                   # (B, L_b)
+        # row b, position p reads token offsets[idx_b] + p (clamped where it is padding, then zeroed)
+        tokens = (self.offsets[idx][:, None] + positions[None, :]).clamp(max=len(self.hidden) - 1)
+        hidden = self.hidden[tokens].masked_fill_(~mask[..., None], 0.0)               # (B, L_b, H)
+        return {"prefix_hidden": hidden, "attention_mask": mask.long(), "start_layer": self.start_layer}
 
 
 def _fingerprint(model, start_layer: int, texts: list[str], max_length: int) -> str:

@@ -59,4 +59,4 @@ class TemperatureScaled:
     @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int = 1) -> torch.Tensor:
         with eval_mode(self.model):
-            return (self.model(**inputs).double() / self.temperature).softmax(-1).float().unsqueeze(0)
+            return (self.model(**inputs).double() / self.temperature).softmax(-1).float().unsqueeze(0).cpu()

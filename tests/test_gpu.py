@@ -21,11 +21,18 @@ CUDA = torch.device("cuda")
 
 
 def _pair(r=4, layers=(4, 5), layer_cls=None, layer_kwargs=None, dropout=0.0):
-    """The same seeded MiniLM + LoRA on the CPU and on CUDA (identical weights)."""
+    """The same seeded MiniLM + LoRA on the CPU and on CUDA (identical weights).
+
+    The backbone's own dropout is switched off: CPU and CUDA draw different dropout masks, so training
+    losses could not be compared. (An adapter's ``dropout`` stays as asked.)
+    """
     models = []
     for device in ("cpu", "cuda"):
         torch.manual_seed(0)
         model = load_backbone("minilm", device=device)
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
         inject_lora(model, ["query", "value"], r=r, alpha=2 * r, layers=list(layers), layer_cls=layer_cls,
                     layer_kwargs=layer_kwargs, dropout=dropout)
         models.append(model)
@@ -83,6 +90,8 @@ def test_every_predictive_method_runs_on_cuda_and_matches_the_cpu(task):
 
     test = task.test.subset(32, seed=0)
     cpu, gpu = _pair(dropout=0.1)
+    for model in (cpu, gpu):  # B ≠ 0, so that the adapter (and its dropout) changes the predictions
+        load_adapter_state(model, _perturbed(cpu, 9))
     states = [_perturbed(cpu, s) for s in range(4)]
     for make in (lambda m: MAP(m), lambda m: StateAverage(m, states), lambda m: StateAverage(m, states, batched=True)):
         ref = sample_probabilities(make(cpu), make_data(cpu, test), S=4)
@@ -97,6 +106,8 @@ def test_every_predictive_method_runs_on_cuda_and_matches_the_cpu(task):
     assert drop.std(0).mean() > 0
 
     cpu_v, gpu_v = _pair(layer_cls=lrvd.VariationalLoRALinear, layer_kwargs={"init_log_alpha": -1.0})
+    for model in (cpu_v, gpu_v):
+        load_adapter_state(model, _perturbed(cpu_v, 9, scale=0.2))
     p = sample_probabilities(LRVDSampler(gpu_v, seed=0), make_data(gpu_v, test), S=16)
     q = sample_probabilities(LRVDSampler(cpu_v, seed=0), make_data(cpu_v, test), S=16)
     assert p.shape == q.shape == (16, len(test), 2)
@@ -111,6 +122,10 @@ def test_stochastic_layers_train_on_cuda(task, name):
     layer_cls = {"lrvd": lrvd.VariationalLoRALinear, "balora": balora.BaLoRALinear, "blob": blob.BLoBLinear,
                  "inducing": inducing.InducingLoRALinear}[name]
     cpu, gpu = _pair(layer_cls=layer_cls)
+    batch = cpu.tokenize(task.val.texts[:8])
+    for model in (cpu, gpu):  # BaLoRA's KL depends on the last input: run the same batch through both
+        with torch.no_grad():
+            model(**batch)
     torch.testing.assert_close(total_kl(gpu).cpu(), total_kl(cpu), rtol=1e-4, atol=1e-3)
     split = task.train.subset(64, seed=0)
     history = fit(gpu, make_data(gpu, split), None, TrainConfig(steps=4, batch_size=16),

@@ -101,3 +101,23 @@ def test_prefix_data_refuses_a_model_adapted_below_its_start_layer(minilm_fresh,
     with pytest.raises(ValueError, match=r"layer\(s\) \[1\] below it hold an adapter"):
         evaluate(lower, data)
     assert make_data(lower, split).start_layer == 1  # data built for this model start below its lowest adapter
+
+
+def test_batch_gather_equals_a_row_by_row_copy():
+    """``PrefixFeatures.batch`` gathers all rows at once; a plain loop over rows is the reference."""
+    from minibayeslora.prefix_cache import PrefixFeatures
+
+    g = torch.Generator().manual_seed(0)
+    lengths = torch.randint(1, 9, (12,), generator=g)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    features = PrefixFeatures(torch.randn(int(offsets[-1]), 5, generator=g), offsets, start_layer=2)
+    idx = torch.tensor([7, 0, 11, 3, 3])
+    got = features.batch(idx)
+    width = int(lengths[idx].max())
+    for row, i in enumerate(idx.tolist()):
+        n, start = int(lengths[i]), int(offsets[i])
+        expected = torch.zeros(width, 5)
+        expected[:n] = features.hidden[start:start + n]
+        assert torch.equal(got["prefix_hidden"][row], expected)
+        assert got["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+    assert got["attention_mask"].dtype == torch.long and got["start_layer"] == 2
