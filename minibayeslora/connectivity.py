@@ -119,7 +119,7 @@ def delta_space_state(model: torch.nn.Module, a: dict[str, torch.Tensor], b: dic
 
 
 @torch.no_grad()
-def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int = 64) -> dict[str, list[float]]:
+def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int | None = None) -> dict[str, list[float]]:
     """Loss (mean NLL) and accuracy of ``model`` at ``state_at(t)`` for each t, on a ClassificationData.
 
     ``state_at(t)`` returns a dict of tensors that replace the model's own (``functional_call``).

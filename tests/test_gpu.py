@@ -90,8 +90,9 @@ def test_every_predictive_method_runs_on_cuda_and_matches_the_cpu(task):
 
     test = task.test.subset(32, seed=0)
     cpu, gpu = _pair(dropout=0.1)
-    for model in (cpu, gpu):  # B ≠ 0, so that the adapter (and its dropout) changes the predictions
-        load_adapter_state(model, _perturbed(cpu, 9))
+    trained = _perturbed(cpu, 9)  # B ≠ 0, so that the adapter (and its dropout) changes the predictions
+    for model in (cpu, gpu):
+        load_adapter_state(model, trained)
     states = [_perturbed(cpu, s) for s in range(4)]
     for make in (lambda m: MAP(m), lambda m: StateAverage(m, states), lambda m: StateAverage(m, states, batched=True)):
         ref = sample_probabilities(make(cpu), make_data(cpu, test), S=4)
@@ -106,8 +107,9 @@ def test_every_predictive_method_runs_on_cuda_and_matches_the_cpu(task):
     assert drop.std(0).mean() > 0
 
     cpu_v, gpu_v = _pair(layer_cls=lrvd.VariationalLoRALinear, layer_kwargs={"init_log_alpha": -1.0})
+    trained = _perturbed(cpu_v, 9, scale=0.2)
     for model in (cpu_v, gpu_v):
-        load_adapter_state(model, _perturbed(cpu_v, 9, scale=0.2))
+        load_adapter_state(model, trained)
     p = sample_probabilities(LRVDSampler(gpu_v, seed=0), make_data(gpu_v, test), S=16)
     q = sample_probabilities(LRVDSampler(cpu_v, seed=0), make_data(cpu_v, test), S=16)
     assert p.shape == q.shape == (16, len(test), 2)
