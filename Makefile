@@ -23,12 +23,15 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# Package tests, then every notebook, solution and exercise executed in smoke mode.
+# Package tests, then every notebook, solution and exercise executed in smoke mode, then notebook 02 once
+# more on the SmolLM2 decoder (the backbone choice of notebooks 02-06; see README: Profiles).
 # pytest exits non-zero when it collects no test, so an empty run fails.
 test: install
 	$(BIN)/python -m pytest tests/
 	MINIBAYESLORA_SMOKE=1 $(BIN)/python -m pytest -p no:python -p no:cacheprovider \
 		--nbval-lax --nbval-current-env $(NOTEBOOK_DIRS)
+	MINIBAYESLORA_SMOKE=1 MINIBAYESLORA_BACKBONE=smollm2 $(BIN)/python -m pytest -p no:python -p no:cacheprovider \
+		--nbval-lax --nbval-current-env notebooks/02_mode_connectivity.ipynb
 
 # The whole course headless on the embedded default (cpu profile): executed notebooks and figures in build/.
 course: install

@@ -148,6 +148,10 @@ class DecoderClassifier(nn.Module):
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
 
+    @property
+    def num_layers(self) -> int:
+        return self.lm.config.num_hidden_layers
+
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Texts -> prompts -> ``{"input_ids", "attention_mask"}``; long reviews are cut, never the prompt's end."""
         if isinstance(texts, str):
@@ -278,6 +282,28 @@ def _from_hub(loader, name: str, **kwargs):
         f"Cannot load backbone {name!r}: {reason}; use an embedded backbone instead, "
         f"load_backbone('minilm') or load_backbone('smollm2')."
     )
+
+
+#: Attention projections that get LoRA, by architecture family (the first pair a model has is used).
+ATTENTION_TARGETS = (("query", "value"), ("q_proj", "v_proj"), ("q_lin", "v_lin"))
+
+
+def adapter_targets(model: nn.Module, top: int = 3) -> dict:
+    """Where the course puts LoRA on any backbone: the query and value projections of the top ``top`` blocks.
+
+    Returns ``inject_lora`` keyword arguments, e.g. ``{"target_modules": ["query", "value"], "layers": [3, 4, 5]}``
+    for MiniLM (6 blocks) or ``{"target_modules": ["q_proj", "v_proj"], "layers": [27, 28, 29]}`` for SmolLM2.
+    """
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) or
+             type(m).__name__ in {"Linear4bit", "Linear8bitLt"}}
+    pair = next((list(p) for p in ATTENTION_TARGETS if set(p) <= names), None)
+    if pair is None:
+        raise ValueError(f"no known attention projections {ATTENTION_TARGETS} among this model's linear layers "
+                         f"{sorted(names)}; call inject_lora with target_modules= and layers= yourself.")
+    n = model.num_layers
+    if not 1 <= top <= n:
+        raise ValueError(f"top must be between 1 and the model's {n} blocks, got {top}.")
+    return {"target_modules": pair, "layers": list(range(n - top, n))}
 
 
 def load_backbone(name: str = "minilm", quantization: str | None = None, label_names=LABEL_NAMES,

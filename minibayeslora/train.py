@@ -306,6 +306,9 @@ def _cache_path(model, train_data, val_data, cfg: TrainConfig, cache_key: dict):
         del settings["param_lr"]
     key = {"key": cache_key, "config": settings, "adapter": shapes, "version": __version__,
            "train": train_data.fingerprint(), "val": val_data.fingerprint() if val_data is not None else None}
+    backbone = getattr(model, "name", None) or getattr(getattr(model, "model", None), "name", None)
+    if backbone not in (None, "minilm"):  # added with the backbone choice: MiniLM runs keep their earlier keys
+        key["backbone"] = backbone
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return config.cache_dir("adapters") / digest
 

@@ -196,3 +196,18 @@ def test_device_and_dtype_arguments(minilm):
         load_backbone("minilm", dtype=torch.int8)
     batch = config.to_device({"input_ids": torch.ones(2, 3, dtype=torch.long), "start_layer": 3}, "cpu")
     assert batch["start_layer"] == 3 and batch["input_ids"].device.type == "cpu"
+
+
+def test_adapter_targets_per_architecture(minilm, smollm2):
+    from minibayeslora.backbones import adapter_targets
+    from minibayeslora.lora import inject_lora, layer_index, lora_layers
+
+    assert adapter_targets(minilm) == {"target_modules": ["query", "value"], "layers": [3, 4, 5]}
+    targets = adapter_targets(smollm2)
+    assert targets["target_modules"] == ["q_proj", "v_proj"]
+    assert targets["layers"] == list(range(smollm2.lm.config.num_hidden_layers - 3, smollm2.lm.config.num_hidden_layers))
+    model = load_backbone("smollm2", device="cpu")
+    injected = inject_lora(model, r=2, **targets)
+    assert len(injected) == 6 and {layer_index(n) for n in lora_layers(model)} == set(targets["layers"])
+    with pytest.raises(ValueError, match="top must be"):
+        adapter_targets(minilm, top=7)

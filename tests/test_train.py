@@ -158,3 +158,14 @@ def test_records_follow_the_training_and_survive_the_cache(small, isolated_cache
     assert second.from_cache and second.records == first.records
     with pytest.raises(ValueError, match="record_every"):
         fit(_fresh_adapted(), data, None, cfg, progress=False, record=head_norm, record_every=0)
+
+
+def test_the_cache_key_names_the_backbone(small, isolated_cache):
+    """Two backbones with the same adapter names and shapes (a MiniLM variant from the hub) must not share adapters."""
+    from minibayeslora.train import _cache_path
+
+    model = _fresh_adapted()
+    data, cfg = make_data(model, small[0]), TrainConfig(steps=2)
+    minilm_path = _cache_path(model, data, None, cfg, {"seed": 0})
+    model.name = "someone/minilm-variant"
+    assert _cache_path(model, data, None, cfg, {"seed": 0}) != minilm_path
