@@ -14,6 +14,7 @@ otherwise fails with one sentence naming the embedded alternatives.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 import socket
@@ -145,7 +146,8 @@ class DecoderClassifier(nn.Module):
         if any(len(i) != 1 for i in ids):
             warnings.warn(f"label words {self.label_names} are not single tokens {ids}; using the first token of each.")
         self.register_buffer("label_token_ids", torch.tensor([i[0] for i in ids]), persistent=False)
-        if tokenizer.pad_token is None:
+        if tokenizer.pad_token is None:  # pad with EOS (masked out) on a copy: the caller's tokenizer stays as it was
+            self.tokenizer = tokenizer = copy.deepcopy(tokenizer)
             tokenizer.pad_token = tokenizer.eos_token
 
     @property

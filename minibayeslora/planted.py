@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import config
 from .lora import LoRALinear
 from .lrvd import VariationalLoRALinear, sampling
 
@@ -76,23 +77,29 @@ def fit_linear(layer: LoRALinear, task: PlantedRank, cfg: LinearFitConfig, progr
     n = len(task.x)
     x, y = task.x.to(layer.lora_A.device), task.y.to(layer.lora_A.device)
     trajectory = []
-    torch.manual_seed(cfg.seed)
-    for step in tqdm(range(cfg.steps), desc="fitting", disable=not progress, leave=False):
-        if variational:
-            with sampling(layer, on=True):
-                prediction = layer(x)
-        else:
-            prediction = layer(x)
-        loss = ((prediction - y) ** 2).sum(1).mean() / (2 * task.noise ** 2)
-        if variational:
-            beta = cfg.kl_weight * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.kl_weight
-            loss = loss + beta * layer.kl() / n
-            if step % cfg.record_every == 0:
-                trajectory.append(layer.log_alpha.detach().clone())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    with config.private_rng(cfg.seed):  # seeded noise draws that leave the caller's random stream alone
+        for step in tqdm(range(cfg.steps), desc="fitting", disable=not progress, leave=False):
+            _linear_step(layer, x, y, task.noise, optimizer, cfg, step, n, variational, trajectory)
     return trajectory
+
+
+def _linear_step(layer, x, y, noise: float, optimizer, cfg: LinearFitConfig, step: int, n: int, variational: bool,
+                 trajectory: list) -> None:
+    """One full-batch step of ``fit_linear``; appends log α to ``trajectory`` every ``record_every`` steps."""
+    if variational:
+        with sampling(layer, on=True):
+            prediction = layer(x)
+    else:
+        prediction = layer(x)
+    loss = ((prediction - y) ** 2).sum(1).mean() / (2 * noise ** 2)
+    if variational:
+        beta = cfg.kl_weight * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.kl_weight
+        loss = loss + beta * layer.kl() / n
+        if step % cfg.record_every == 0:
+            trajectory.append(layer.log_alpha.detach().clone())
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
 
 
 def principal_angles(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import numpy as np
@@ -66,3 +67,28 @@ def test_component_angles_ask_for_each_vector_to_be_a_basis_direction():
                   for j in range(3)]
         assert component_angles(v, basis)[i].item() == pytest.approx(min(angles), abs=1e-4)
     assert principal_angles(mixed, basis).max() < 1e-4, "yet the spans agree"
+
+
+def test_fit_linear_is_seeded_and_leaves_the_callers_random_stream_alone():
+    task = planted_rank_task(d=8, singular_values=(1.0,), n=32)
+    cfg = LinearFitConfig(steps=5, warmup_steps=0, seed=3)
+    results = []
+    for _ in range(2):
+        torch.manual_seed(123)
+        layer = VariationalLoRALinear(task.base, 2, 2.0)
+        fit_linear(layer, task, cfg, progress=False)
+        results.append((layer.lora_A.detach().clone(), torch.rand(3)))   # what the caller draws next
+    torch.manual_seed(123)
+    VariationalLoRALinear(task.base, 2, 2.0)
+    untouched = torch.rand(3)
+    assert torch.equal(results[0][0], results[1][0]), "same seed, same fit"
+    assert torch.equal(results[0][1], untouched), "fit_linear must not reseed the global RNG"
+
+
+def test_decoder_classifier_leaves_the_callers_tokenizer_alone(smollm2):
+    from minibayeslora.backbones import DecoderClassifier
+
+    tokenizer = copy.deepcopy(smollm2.tokenizer)
+    tokenizer.pad_token = None
+    DecoderClassifier(smollm2.lm, tokenizer)
+    assert tokenizer.pad_token is None
