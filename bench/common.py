@@ -38,13 +38,9 @@ def describe(device: torch.device) -> str:
 
 def seeded_lora_minilm(r: int = 8, alpha: float = 16, layer_cls=None, seed: int = 0, device=None):
     """The benchmarks' model: MiniLM with LoRA on query/value of blocks 3-5, seeded so every run is the same."""
-    from minibayeslora.backbones import load_backbone
-    from minibayeslora.lora import inject_lora
+    from minibayeslora.backbones import lora_classifier
 
-    config.seed_everything(seed)
-    model = load_backbone("minilm", device=device)
-    inject_lora(model, ["query", "value"], r=r, alpha=alpha, layers=[3, 4, 5], layer_cls=layer_cls)
-    return model
+    return lora_classifier(seed, r=r, alpha=alpha, layer_cls=layer_cls, name="minilm", device=device)
 
 
 def fixed_batch(model, batch: int, length: int) -> tuple[dict, torch.Tensor]:

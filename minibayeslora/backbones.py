@@ -308,6 +308,24 @@ def adapter_targets(model: nn.Module, top: int = 3) -> dict:
     return {"target_modules": pair, "layers": list(range(n - top, n))}
 
 
+def lora_classifier(seed: int = 0, r: int = 8, alpha: float | None = None, dropout: float = 0.0, layer_cls=None,
+                    layer_kwargs: dict | None = None, name: str | None = None, top: int = 3, device=None) -> nn.Module:
+    """The course's seeded starting point: a backbone with rank-``r`` adapters where ``adapter_targets`` puts them.
+
+    ``config.seed_everything(seed)``, then ``load_backbone(name or config.backbone_name())``, then ``inject_lora``
+    on the query/value projections of the top ``top`` blocks with α = ``alpha`` (default 2r, i.e. scaling 2),
+    ``dropout`` on the adapter's input, and ``layer_cls``/``layer_kwargs`` for a stochastic adapter (LRVD,
+    Bayesian-LoRA, ...). The same seed gives the same head and factors.
+    """
+    from .lora import inject_lora
+
+    config.seed_everything(seed)
+    model = load_backbone(name or config.backbone_name(), device=device)
+    inject_lora(model, r=r, alpha=2 * r if alpha is None else alpha, dropout=dropout, layer_cls=layer_cls,
+                layer_kwargs=layer_kwargs, **adapter_targets(model, top))
+    return model
+
+
 def load_backbone(name: str = "minilm", quantization: str | None = None, label_names=LABEL_NAMES,
                   max_length: int | None = None, device=None, dtype: torch.dtype | None = None) -> nn.Module:
     """A classifier ready for LoRA: ``model(**model.tokenize(texts))`` -> logits (N, C).

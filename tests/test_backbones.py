@@ -211,3 +211,20 @@ def test_adapter_targets_per_architecture(minilm, smollm2):
     assert len(injected) == 6 and {layer_index(n) for n in lora_layers(model)} == set(targets["layers"])
     with pytest.raises(ValueError, match="top must be"):
         adapter_targets(minilm, top=7)
+
+
+def test_lora_classifier_is_the_seeded_recipe_spelled_out(monkeypatch):
+    """``lora_classifier`` = seed, load, inject at ``adapter_targets``: compare with the three steps done by hand."""
+    from minibayeslora import config
+    from minibayeslora.backbones import adapter_targets, lora_classifier
+    from minibayeslora.lora import adapter_state, inject_lora, lora_layers
+
+    monkeypatch.delenv("MINIBAYESLORA_BACKBONE", raising=False)
+    model = lora_classifier(3, r=4, dropout=0.1)
+    config.seed_everything(3)
+    by_hand = load_backbone("minilm")
+    inject_lora(by_hand, r=4, alpha=8, dropout=0.1, **adapter_targets(by_hand))
+    ours, theirs = adapter_state(model), adapter_state(by_hand)
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    layer = next(iter(lora_layers(model).values()))
+    assert (layer.r, layer.alpha, layer.dropout.p) == (4, 8, 0.1)
