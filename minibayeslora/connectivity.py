@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from . import config
+
 
 def lerp_states(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], t: float) -> dict[str, torch.Tensor]:
     """(1 − t)·a + t·b for every tensor of two adapter states with the same names and shapes."""
@@ -130,7 +132,7 @@ def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int | 
     from .train import batched_logits, eval_mode
 
     nll, acc = [], []
-    device = next(model.parameters()).device
+    device = config.model_device(model)
     with eval_mode(model):
         for t in ts:
             state = {name: tensor.to(device) for name, tensor in state_at(float(t)).items()}
