@@ -25,9 +25,9 @@ import torch
 from torch import nn
 
 from . import assets, config
-from .lora import lora_layers
+from .lora import _is_quantized, inject_lora, lora_layers
 
-EMBEDDED = ("minilm", "smollm2")
+EMBEDDED = config.EMBEDDED_BACKBONES
 LABEL_NAMES = ("negative", "positive")
 DEFAULT_PROMPT = "Movie review: {text}\nThe sentiment of this review is"
 
@@ -296,8 +296,7 @@ def adapter_targets(model: nn.Module, top: int = 3) -> dict:
     Returns ``inject_lora`` keyword arguments, e.g. ``{"target_modules": ["query", "value"], "layers": [3, 4, 5]}``
     for MiniLM (6 blocks) or ``{"target_modules": ["q_proj", "v_proj"], "layers": [27, 28, 29]}`` for SmolLM2.
     """
-    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) or
-             type(m).__name__ in {"Linear4bit", "Linear8bitLt"}}
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear) or _is_quantized(m)}
     pair = next((list(p) for p in ATTENTION_TARGETS if set(p) <= names), None)
     if pair is None:
         raise ValueError(f"no known attention projections {ATTENTION_TARGETS} among this model's linear layers "
@@ -317,8 +316,6 @@ def lora_classifier(seed: int = 0, r: int = 8, alpha: float | None = None, dropo
     ``dropout`` on the adapter's input, and ``layer_cls``/``layer_kwargs`` for a stochastic adapter (LRVD,
     Bayesian-LoRA, ...). The same seed gives the same head and factors.
     """
-    from .lora import inject_lora
-
     config.seed_everything(seed)
     model = load_backbone(name or config.backbone_name(), device=device)
     inject_lora(model, r=r, alpha=2 * r if alpha is None else alpha, dropout=dropout, layer_cls=layer_cls,
