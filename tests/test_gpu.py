@@ -113,7 +113,11 @@ def test_every_predictive_method_runs_on_cuda_and_matches_the_cpu(task):
     p = sample_probabilities(LRVDSampler(gpu_v, seed=0), make_data(gpu_v, test), S=16)
     q = sample_probabilities(LRVDSampler(cpu_v, seed=0), make_data(cpu_v, test), S=16)
     assert p.shape == q.shape == (16, len(test), 2)
-    assert (p.mean(0) - q.mean(0)).abs().max() < 0.1, "the MC means of 16 draws agree across devices"
+    # different generators, so compare the two 16-draw means against their own Monte Carlo standard error
+    standard_error = (p.var(0) / len(p) + q.var(0) / len(q)).sqrt()
+    z = (p.mean(0) - q.mean(0)).abs() / (standard_error + 1e-6)
+    assert (z < 6).all(), f"the MC means of 16 draws agree across devices within 6 standard errors (max z {z.max():.1f})"
+    assert standard_error.max() > 0, "LRVD draws vary"
 
 
 @pytest.mark.parametrize("name", ["lrvd", "balora", "blob", "inducing"])
