@@ -25,10 +25,10 @@ import torch
 from torch import nn
 
 from . import assets, config
+from .data import LABEL_NAMES
 from .lora import _is_quantized, inject_lora, lora_layers
 
 EMBEDDED = config.EMBEDDED_BACKBONES
-LABEL_NAMES = ("negative", "positive")
 DEFAULT_PROMPT = "Movie review: {text}\nThe sentiment of this review is"
 
 
