@@ -71,6 +71,14 @@ class CurveLoss:
             raise ValueError(f"fixed_ts must be a non-empty tuple of values in [0, 1], got {self.fixed_ts}.")
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    def reset(self) -> None:
+        """Draw t (and the perturbation's noise) from the start of their seeded streams again; ``train.fit`` calls
+        this before training, so a loss reused in a second run gives the same run, not a continuation."""
+        self.generator = torch.Generator().manual_seed(self.seed)
+        for part in (self.perturb, self.extra):
+            if hasattr(part, "reset"):
+                part.reset()
+
     def __call__(self, curve: CurveModel, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
         if self.fixed_ts is not None:
             ts = torch.tensor([float(t) for t in self.fixed_ts])
@@ -125,6 +133,10 @@ class FactorPerturbation:
     def __post_init__(self):
         if self.rho < 0 or self.ramp_calls < 0:
             raise ValueError(f"rho and ramp_calls must be ≥ 0, got {self.rho} and {self.ramp_calls}.")
+        self.reset()
+
+    def reset(self) -> None:
+        """Restart the ρ ramp and the seeded noise stream."""
         self.calls = 0
         self.generator = torch.Generator().manual_seed(self.seed)
 

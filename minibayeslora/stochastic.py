@@ -214,6 +214,10 @@ class ELBOLoss:
             raise ValueError(f"entropy_bonus must be ≥ 0, got {self.entropy_bonus!r}.")
         self.calls = 0
 
+    def reset(self) -> None:
+        """Start the KL warm-up again: ``train.fit`` calls this before training, so a reused loss starts afresh."""
+        self.calls = 0
+
     def beta(self) -> float:
         if self.warmup_steps <= 0:
             return self.kl_weight

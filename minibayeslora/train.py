@@ -231,6 +231,8 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
         if cached is not None:
             return cached
 
+    if hasattr(loss_fn, "reset"):   # a stateful loss (KL warm-up, seeded t draws) starts afresh in every run
+        loss_fn.reset()
     generator = torch.Generator().manual_seed(cfg.seed)
     cfg.lr_factor(0)  # validates the schedule before any work
     optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -161,3 +161,50 @@ def test_lrvd_names_and_layers_are_stochastic(minilm_fresh):
     layers = inject_lora(minilm_fresh, ["value"], r=2, alpha=4, layers=[5], layer_cls=VariationalLoRALinear)
     assert set(stochastic.stochastic_layers(minilm_fresh)) == set(layers) == set(lrvd.variational_layers(minilm_fresh))
     assert lrvd.sampling is stochastic.sampling and lrvd.total_kl is stochastic.total_kl
+
+
+class _TensorData:
+    """The part of ClassificationData that ``fit`` reads: len, labels, inputs(idx)."""
+
+    def __init__(self, x, labels):
+        self.x, self.labels = x, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def inputs(self, idx):
+        return {"x": self.x[idx]}
+
+
+def test_a_loss_reused_in_a_second_fit_starts_its_warm_up_again():
+    from minibayeslora.train import TrainConfig, fit
+
+    torch.manual_seed(0)
+    data = _TensorData(torch.randn(64, 4, 6), torch.randint(0, 2, (64,)))
+    layer = VariationalLoRALinear(nn.Linear(6, 5), r=4, alpha=8)
+    model = _Wrap(layer, nn.Linear(5, 2))
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    loss_fn = ELBOLoss(n_train=64, kl_weight=50.0, warmup_steps=8)
+    cfg = TrainConfig(steps=8, batch_size=16, lr=1e-2, seed=3)
+    runs = []
+    for _ in range(2):
+        model.load_state_dict(start)
+        torch.manual_seed(1)     # the layer's noise comes from the global stream
+        runs.append(fit(model, data, None, cfg, loss_fn=loss_fn, progress=False).train_loss)
+    assert loss_fn.calls == 8, "the second run counted its own steps from zero"
+    assert runs[0] == runs[1], "the same run twice: a reused loss must not carry its warm-up over"
+
+
+def test_curve_loss_reset_restarts_its_t_draws_and_its_perturbation():
+    from minibayeslora.curve_training import CurveLoss, FactorPerturbation
+    from minibayeslora.curves import sample_t
+
+    perturb = FactorPerturbation(rho=0.1, ramp_calls=4, seed=5)
+    loss = CurveLoss(n_t=3, seed=2, perturb=perturb)
+    first = sample_t(3, loss.generator)
+    state = {"w": torch.ones(2, 3)}
+    noisy = [perturb(state)["w"] for _ in range(3)]
+    loss.reset()
+    torch.testing.assert_close(sample_t(3, loss.generator), first)
+    assert perturb.calls == 0
+    torch.testing.assert_close(perturb(state)["w"], noisy[0])
