@@ -11,7 +11,10 @@ and the max length. A cached batch enters the model at ``start_layer``:
 ``model(**features.batch(idx))`` equals ``model(**model.tokenize(texts))`` (tested).
 
 Storage is ragged: only real tokens are kept, ``hidden`` (T, H) with ``offsets`` (N+1,), so
-padding costs nothing; a batch is padded to its own longest text.
+padding costs nothing; a batch is padded to its own longest text. The memory cache keeps the most
+recently used features up to ``MEMORY_LIMIT_BYTES`` (default 2 GiB; ``MINIBAYESLORA_PREFIX_MEMORY_MB``);
+the frozen weights are hashed once per model and rehashed only when one of them is changed in place
+or replaced (each tensor's version counter and storage address are checked on every call).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import weakref
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +32,9 @@ from tqdm.auto import tqdm
 
 from . import config
 
-_MEMORY: dict[str, "PrefixFeatures"] = {}
+MEMORY_LIMIT_BYTES = int(float(os.environ.get("MINIBAYESLORA_PREFIX_MEMORY_MB", 2048)) * 2**20)
+_MEMORY: OrderedDict[str, "PrefixFeatures"] = OrderedDict()      # least recently used first
+_WEIGHT_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(layer, length): (signature, sha256)}
 
 
 @dataclass
@@ -56,17 +63,38 @@ class PrefixFeatures:
         hidden = self.hidden[tokens].masked_fill_(~mask[..., None], 0.0)               # (B, L_b, H)
         return {"prefix_hidden": hidden, "attention_mask": mask.long(), "start_layer": self.start_layer}
 
+    @property
+    def nbytes(self) -> int:
+        return self.hidden.numel() * self.hidden.element_size() + self.offsets.numel() * self.offsets.element_size()
 
-def _fingerprint(model, start_layer: int, texts: list[str], max_length: int) -> str:
-    """Hash of everything the cached states depend on: frozen weights, texts, layer, length."""
+
+def _weights_hasher(model, start_layer: int, max_length: int):
+    """A sha256 that has read the key's header and the frozen weights (embeddings, layers 0..start_layer-1).
+
+    The weights are read and hashed once per model and setting; later calls copy the stored hasher. They are
+    hashed again only if one has changed: a tensor changed in place bumps its ``_version``, one replaced
+    (``.data = ...``, a reload) has another storage address, and either changes the signature checked here.
+    """
+    frozen = [model.encoder.embeddings] + list(model.layers[:start_layer])
+    tensors = [(name, t) for module in frozen for name, t in sorted(module.state_dict(keep_vars=True).items())]
+    signature = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in tensors)
+    per_model = _WEIGHT_HASHES.setdefault(model, {})
+    stored = per_model.get((start_layer, max_length))
+    if stored is not None and stored[0] == signature:
+        return stored[1].copy()
     h = hashlib.sha256()
     h.update(json.dumps({"layer": start_layer, "max_length": max_length,
                          "model": getattr(model, "name", type(model).__name__)}).encode())
-    frozen = [model.encoder.embeddings] + list(model.layers[:start_layer])
-    for module in frozen:
-        for name, tensor in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for name, tensor in tensors:
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    per_model[start_layer, max_length] = (signature, h)
+    return h.copy()
+
+
+def _fingerprint(model, start_layer: int, texts: list[str], max_length: int) -> str:
+    """Hash of everything the cached states depend on: frozen weights, texts, layer, length."""
+    h = _weights_hasher(model, start_layer, max_length)
     for text in texts:
         h.update(text.encode())
         h.update(b"\0")
@@ -107,6 +135,7 @@ def prefix_features(model, texts: list[str], start_layer: int, max_length: int |
     max_length = max_length or model.max_length
     key = _fingerprint(model, start_layer, texts, max_length)
     if key in _MEMORY:
+        _MEMORY.move_to_end(key)
         return _MEMORY[key]
     path = config.cache_dir("prefix") / f"{key}.safetensors"
     features = None
@@ -122,9 +151,17 @@ def prefix_features(model, texts: list[str], start_layer: int, max_length: int |
             tmp = path.with_suffix(f".tmp{os.getpid()}")
             save_file({"hidden": features.hidden.contiguous(), "offsets": features.offsets}, str(tmp))
             os.replace(tmp, path)
-    _MEMORY[key] = features
+    _remember(key, features)
     return features
+
+
+def _remember(key: str, features: PrefixFeatures) -> None:
+    """Keep ``features`` in memory, dropping the least recently used ones beyond ``MEMORY_LIMIT_BYTES``."""
+    _MEMORY[key] = features
+    while len(_MEMORY) > 1 and sum(f.nbytes for f in _MEMORY.values()) > MEMORY_LIMIT_BYTES:
+        _MEMORY.popitem(last=False)
 
 
 def clear_memory_cache() -> None:
     _MEMORY.clear()
+    _WEIGHT_HASHES.clear()

@@ -121,3 +121,54 @@ def test_batch_gather_equals_a_row_by_row_copy():
         assert torch.equal(got["prefix_hidden"][row], expected)
         assert got["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
     assert got["attention_mask"].dtype == torch.long and got["start_layer"] == 2
+
+
+def _reference_fingerprint(model, start_layer, texts, max_length):
+    """The key as it was computed before the weight hash was remembered: every call reads every frozen tensor."""
+    import hashlib
+    import json
+    h = hashlib.sha256()
+    h.update(json.dumps({"layer": start_layer, "max_length": max_length,
+                         "model": getattr(model, "name", type(model).__name__)}).encode())
+    for module in [model.encoder.embeddings] + list(model.layers[:start_layer]):
+        for name, tensor in sorted(module.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for text in texts:
+        h.update(text.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:24]
+
+
+def test_frozen_weights_are_hashed_once_and_again_only_after_a_change(minilm, texts, monkeypatch):
+    prefix_cache.clear_memory_cache()
+    made = []
+    real_sha256 = prefix_cache.hashlib.sha256
+    monkeypatch.setattr(prefix_cache.hashlib, "sha256", lambda *a: made.append(1) or real_sha256(*a))
+    keys = [prefix_cache._fingerprint(minilm, 3, texts, 64) for _ in range(3)]
+    assert len(made) == 1, "the weights were hashed on every call"
+    assert keys[0] == keys[1] == keys[2] == _reference_fingerprint(minilm, 3, texts, 64), "keys (and disk caches) unchanged"
+    assert prefix_cache._fingerprint(minilm, 3, texts[:-1], 64) != keys[0]
+    weight = next(minilm.layers[1].parameters())
+    saved = weight.detach().clone()
+    try:
+        with torch.no_grad():
+            weight.add_(1e-3)                  # an in-place change to a frozen layer below the start
+        changed = prefix_cache._fingerprint(minilm, 3, texts, 64)
+        assert changed != keys[0] and changed == _reference_fingerprint(minilm, 3, texts, 64)
+        assert prefix_cache._fingerprint(minilm, 1, texts, 64) == _reference_fingerprint(minilm, 1, texts, 64)
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)
+    assert prefix_cache._fingerprint(minilm, 3, texts, 64) == keys[0]
+
+
+def test_memory_cache_keeps_the_most_recent_features_within_its_limit(minilm, texts, isolated_cache, monkeypatch):
+    prefix_cache.clear_memory_cache()
+    first = prefix_features(minilm, texts[:24], 3, progress=False)
+    monkeypatch.setattr(prefix_cache, "MEMORY_LIMIT_BYTES", first.nbytes + 1)
+    second = prefix_features(minilm, texts[24:], 3, progress=False)
+    assert list(prefix_cache._MEMORY.values()) == [second], "the older features were dropped to stay in the limit"
+    again = prefix_features(minilm, texts[:24], 3, progress=False)   # back from disk, and now the most recent
+    assert again is not first and torch.equal(again.hidden, first.hidden)
+    assert list(prefix_cache._MEMORY.values()) == [again]
