@@ -45,17 +45,28 @@ def nll(probs, labels, eps: float = 1e-12) -> float:
     return float(-probs[torch.arange(len(probs)), labels].clamp_min(eps).log().mean())
 
 
-def ece(probs, labels, n_bins: int = 15) -> float:
+def confidence_bins(probs, labels, n_bins: int = 15) -> dict[str, torch.Tensor]:
+    """Per confidence bin (n_bins + 1,): ``count``, ``confidence`` (sum of max p) and ``correct`` (sum of hits).
+
+    Bin b holds confidences in [b/n, (b+1)/n); a confidence of exactly 1 gets a bin of its own, as in
+    torchmetrics (ECE adds |acc − conf| per bin, so where the edges fall matters). ``ece`` and the
+    reliability diagram both read these bins.
+    """
     probs = _check_probs(probs, 2)
     labels = _check_labels(labels, len(probs))
     confidence, predicted = probs.max(-1)
-    correct = (predicted == labels).double()
-    # bin b holds confidences in [b/n, (b+1)/n); a confidence of exactly 1 gets a bin of its own,
-    # as in torchmetrics (it adds |acc − conf| per bin, so where the edges fall matters)
+    confidence = confidence.double()
     edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
     bins = torch.bucketize(confidence, edges, right=True) - 1
-    gap = torch.zeros(n_bins + 1, dtype=torch.float64).index_add(0, bins, correct - confidence)
-    return float(gap.abs().sum() / len(probs))
+    zeros = torch.zeros(n_bins + 1, dtype=torch.float64)
+    return {"count": torch.bincount(bins, minlength=n_bins + 1).double(),
+            "confidence": zeros.index_add(0, bins, confidence),
+            "correct": zeros.index_add(0, bins, (predicted == labels).double())}
+
+
+def ece(probs, labels, n_bins: int = 15) -> float:
+    bins = confidence_bins(probs, labels, n_bins)
+    return float((bins["correct"] - bins["confidence"]).abs().sum() / bins["count"].sum())
 
 
 def brier(probs, labels) -> float:

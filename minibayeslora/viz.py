@@ -244,20 +244,17 @@ def reliability_diagram(curves: dict, n_bins: int = 15):
     import matplotlib.pyplot as plt
     import torch
 
+    from . import metrics
+
     if not curves:
         raise ValueError("no methods to plot.")
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], "k:", lw=1)
-    edges = torch.linspace(0, 1, n_bins + 1, dtype=torch.float64)
     for name, (probs, labels) in curves.items():
-        probs = torch.as_tensor(probs, dtype=torch.float64)
-        confidence, predicted = probs.max(-1)
-        correct = (predicted == torch.as_tensor(labels)).double()
-        bins = torch.bucketize(confidence, edges, right=True) - 1
-        count = torch.bincount(bins, minlength=n_bins + 1).double()
+        bins = metrics.confidence_bins(torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels), n_bins)
+        count = bins["count"]
         used = count > 0
-        mean_conf = torch.zeros(n_bins + 1, dtype=torch.float64).index_add(0, bins, confidence)[used] / count[used]
-        mean_acc = torch.zeros(n_bins + 1, dtype=torch.float64).index_add(0, bins, correct)[used] / count[used]
+        mean_conf, mean_acc = bins["confidence"][used] / count[used], bins["correct"][used] / count[used]
         line, = ax.plot(mean_conf, mean_acc, "-", label=name)
         ax.scatter(mean_conf, mean_acc, s=8 + 200 * count[used] / count.sum(), color=line.get_color())
     ax.set(xlabel="confidence (max p̄)", ylabel="accuracy", xlim=(0.45, 1.0), ylim=(0.3, 1.0), title="Reliability")
