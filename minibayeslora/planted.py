@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from . import config
 from .lora import LoRALinear
 from .lrvd import VariationalLoRALinear, sampling
+from .stochastic import kl_warmup
 
 
 @dataclass
@@ -93,7 +94,7 @@ def _linear_step(layer, x, y, noise: float, optimizer, cfg: LinearFitConfig, ste
         prediction = layer(x)
     loss = ((prediction - y) ** 2).sum(1).mean() / (2 * noise ** 2)
     if variational:
-        beta = cfg.kl_weight * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.kl_weight
+        beta = kl_warmup(cfg.kl_weight, step, cfg.warmup_steps)
         loss = loss + beta * layer.kl() / n
         if step % cfg.record_every == 0:
             trajectory.append(layer.log_alpha.detach().clone())

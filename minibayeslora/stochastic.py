@@ -187,6 +187,11 @@ def prediction_entropy(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
+def kl_warmup(kl_weight: float, step: int, warmup_steps: int) -> float:
+    """The KL weight at ``step``: β · min(1, step / warmup_steps), a linear ramp from 0 (β from the start if 0)."""
+    return kl_weight if warmup_steps <= 0 else kl_weight * min(1.0, step / warmup_steps)
+
+
 @dataclass
 class ELBOLoss:
     """Negative ELBO per training example for ``train.fit``: CE (noise on) + β(step) · KL / n_train.
@@ -219,9 +224,7 @@ class ELBOLoss:
         self.calls = 0
 
     def beta(self) -> float:
-        if self.warmup_steps <= 0:
-            return self.kl_weight
-        return self.kl_weight * min(1.0, self.calls / self.warmup_steps)
+        return kl_warmup(self.kl_weight, self.calls, self.warmup_steps)
 
     def __call__(self, model: nn.Module, inputs: dict, labels: torch.Tensor) -> torch.Tensor:
         stochastic = bool(stochastic_layers(model))

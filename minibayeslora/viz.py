@@ -316,6 +316,8 @@ def threshold_widget(sweep):
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 
+    from .lrvd import THRESHOLD
+
     thresholds = [float(t) for t in sweep["threshold"]]
     if not thresholds:
         raise ValueError("the sweep table is empty.")
@@ -325,7 +327,7 @@ def threshold_widget(sweep):
         plt.show()
 
     slider = widgets.SelectionSlider(options=[(f"{t:g}", t) for t in thresholds],
-                                     value=min(thresholds, key=lambda t: abs(t - 3.0)), description="log α ≤",
+                                     value=min(thresholds, key=lambda t: abs(t - THRESHOLD)), description="log α ≤",
                                      continuous_update=True, layout=widgets.Layout(width="60%"))
     return widgets.interactive(show, threshold=slider)
 
