@@ -46,7 +46,45 @@ def quiet_transformers() -> None:
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
 
-class SentenceClassifier(nn.Module):
+class _PrefixEntry(nn.Module):
+    """What both classifiers share for entering the network at a block from a cached prefix."""
+
+    supports_prefix = True
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    def _check_nothing_trainable_below(self, start_layer: int) -> None:
+        """A cached prefix skips layers 0..start_layer-1: refuse if one of them holds an adapter or a trainable weight."""
+        skipped = [i for i, layer in enumerate(self.layers[:start_layer])
+                   if lora_layers(layer) or any(p.requires_grad for p in layer.parameters())]
+        if skipped:
+            raise ValueError(f"this batch enters the network at layer {start_layer} from a cached prefix, but layer(s) "
+                             f"{skipped} below it hold an adapter or trainable weights that the prefix skips; build the "
+                             f"data again with make_data(model, split) after injecting the adapter.")
+
+    def _entry(self, input_ids, attention_mask, prefix_hidden, start_layer: int, dtype):
+        """Checked ``(hidden (N, L, H), attention_mask (N, L), start_layer)`` on the model's device.
+
+        Batches arrive on the CPU (tokenizer, prefix cache) and move to wherever the model lives.
+        """
+        device = config.model_device(self)
+        input_ids, attention_mask = _to(input_ids, device), _to(attention_mask, device)
+        prefix_hidden = _to(prefix_hidden, device, dtype)
+        if prefix_hidden is None:
+            if input_ids is None:
+                raise ValueError("pass input_ids (a tokenised batch) or prefix_hidden (a cached prefix).")
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            return self.embed(input_ids), attention_mask, 0
+        if attention_mask is None:
+            raise ValueError("prefix_hidden needs its attention_mask.")
+        self._check_nothing_trainable_below(start_layer)
+        return prefix_hidden, attention_mask, start_layer
+
+
+class SentenceClassifier(_PrefixEntry):
     """Encoder + mean pooling + linear head.
 
     ``forward(input_ids, attention_mask)`` with both (N, L) -> logits (N, C). The encoder can also
@@ -67,8 +105,8 @@ class SentenceClassifier(nn.Module):
         return self.encoder.encoder.layer
 
     @property
-    def num_layers(self) -> int:
-        return len(self.layers)
+    def embeddings(self) -> nn.Module:
+        return self.encoder.embeddings
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Texts -> ``{"input_ids", "attention_mask"}`` padded to the longest text (≤ max_length)."""
@@ -99,39 +137,24 @@ class SentenceClassifier(nn.Module):
         pooled = (hidden * m).sum(1) / m.sum(1).clamp_min(1.0)
         return self.head(pooled.to(self.head.weight.dtype))
 
-    def _check_nothing_trainable_below(self, start_layer: int) -> None:
-        """A cached prefix skips layers 0..start_layer-1: refuse if one of them holds an adapter or a trainable weight."""
-        skipped = [i for i, layer in enumerate(self.layers[:start_layer])
-                   if lora_layers(layer) or any(p.requires_grad for p in layer.parameters())]
-        if skipped:
-            raise ValueError(f"this batch enters the encoder at layer {start_layer} from a cached prefix, but layer(s) "
-                             f"{skipped} below it hold an adapter or trainable weights that the prefix skips; build the "
-                             f"data again with make_data(model, split) after injecting the adapter.")
-
     def forward(self, input_ids=None, attention_mask=None, prefix_hidden=None, start_layer: int = 0):
-        # batches arrive on the CPU (tokenizer, prefix cache): move them to wherever the model lives
-        device = self.head.weight.device
-        input_ids, attention_mask = _to(input_ids, device), _to(attention_mask, device)
-        prefix_hidden = _to(prefix_hidden, device, self.encoder.embeddings.word_embeddings.weight.dtype)
-        if prefix_hidden is None:
-            if input_ids is None:
-                raise ValueError("pass input_ids (a tokenised batch) or prefix_hidden (a cached prefix).")
-            if attention_mask is None:
-                attention_mask = torch.ones_like(input_ids)
-            prefix_hidden, start_layer = self.embed(input_ids), 0
-        elif attention_mask is None:
-            raise ValueError("prefix_hidden needs its attention_mask.")
-        else:
-            self._check_nothing_trainable_below(start_layer)
-        return self.classify(self.run_layers(prefix_hidden, attention_mask, start_layer), attention_mask)
+        hidden, attention_mask, start_layer = self._entry(input_ids, attention_mask, prefix_hidden, start_layer,
+                                                          self.embeddings.word_embeddings.weight.dtype)
+        return self.classify(self.run_layers(hidden, attention_mask, start_layer), attention_mask)
 
 
-class DecoderClassifier(nn.Module):
+class DecoderClassifier(_PrefixEntry):
     """Causal LM as a classifier by label-token logits.
 
     ``forward(input_ids, attention_mask)`` -> (N, C): for each row, the hidden state h (H,) of its
     last real token, then ``logits_c = W_out[label_token_c] · h``. Only C rows of the output
     matrix are used, so the full vocabulary projection is never computed.
+
+    Like the encoder, a Llama-style decoder (token embeddings, blocks with rotary position
+    embeddings, a final norm: SmolLM2, Llama, Qwen2, Mistral) can be entered at block ``start_layer``
+    with cached hidden states ``prefix_hidden`` (N, L, H). Padding is on the right, so every real
+    token sits at the position it has alone (positions 0..L-1) and a cached prefix gives the same
+    logits as the full pass; other decoders run the full pass (``supports_prefix`` is False).
     """
 
     def __init__(self, lm: nn.Module, tokenizer, label_names=LABEL_NAMES, prompt: str = DEFAULT_PROMPT,
@@ -151,8 +174,18 @@ class DecoderClassifier(nn.Module):
             tokenizer.pad_token = tokenizer.eos_token
 
     @property
-    def num_layers(self) -> int:
-        return self.lm.config.num_hidden_layers
+    def supports_prefix(self) -> bool:
+        inner = self.lm.model
+        return all(hasattr(inner, name) for name in ("embed_tokens", "layers", "rotary_emb", "norm")) \
+            and self.tokenizer.padding_side == "right"
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.lm.model.layers
+
+    @property
+    def embeddings(self) -> nn.Module:
+        return self.lm.model.embed_tokens
 
     def tokenize(self, texts: list[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
         """Texts -> prompts -> ``{"input_ids", "attention_mask"}``; long reviews are cut, never the prompt's end."""
@@ -164,14 +197,39 @@ class DecoderClassifier(nn.Module):
         enc = self.tokenizer([self.prompt.format(text=t) for t in clipped], padding=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
-    def forward(self, input_ids, attention_mask=None):
-        device = self.label_token_ids.device
-        input_ids, attention_mask = _to(input_ids, device), _to(attention_mask, device)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings (N, L) -> (N, L, H); positions enter each block as rotary embeddings."""
+        return self.lm.model.embed_tokens(input_ids)
+
+    def run_layers(self, hidden: torch.Tensor, attention_mask: torch.Tensor, start: int = 0,
+                   stop: int | None = None) -> torch.Tensor:
+        """Apply decoder blocks ``start..stop-1`` to (N, L, H): causal attention over the real tokens, positions 0..L-1."""
+        from transformers.masking_utils import create_causal_mask
+
+        inner = self.lm.model
+        position_ids = torch.arange(hidden.shape[1], device=hidden.device)[None]
+        mask = create_causal_mask(config=self.lm.config, inputs_embeds=hidden, attention_mask=attention_mask,
+                                  cache=None, position_ids=position_ids)
+        rotary = inner.rotary_emb(hidden, position_ids=position_ids)
+        for layer in self.layers[start:stop]:
+            hidden = layer(hidden, attention_mask=mask, position_embeddings=rotary, position_ids=position_ids)
+        return hidden
+
+    def forward(self, input_ids=None, attention_mask=None, prefix_hidden=None, start_layer: int = 0):
+        if prefix_hidden is not None and not self.supports_prefix:
+            raise ValueError("this decoder cannot be entered at a block (it is not Llama-style or pads on the left); "
+                             "pass input_ids.")
+        if prefix_hidden is None and input_ids is not None and not self.supports_prefix:
+            input_ids, attention_mask = _to(input_ids, self.label_token_ids.device), _to(attention_mask, self.label_token_ids.device)
+            if attention_mask is None:
+                attention_mask = torch.ones_like(input_ids)
+            hidden = self.lm.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        else:
+            hidden, attention_mask, start_layer = self._entry(input_ids, attention_mask, prefix_hidden, start_layer,
+                                                              self.embeddings.weight.dtype)
+            hidden = self.lm.model.norm(self.run_layers(hidden, attention_mask, start_layer))
         # Last real token of each row, whichever side the padding is on.
-        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
         last = (attention_mask * positions).argmax(1)
         h = hidden[torch.arange(len(hidden), device=hidden.device), last]          # (N, H)
         w = self.lm.get_output_embeddings().weight[self.label_token_ids]           # (C, H)

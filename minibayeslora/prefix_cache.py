@@ -1,7 +1,7 @@
-"""Run the frozen bottom of an encoder once per dataset and reuse its output.
+"""Run the frozen bottom of a network once per dataset and reuse its output.
 
-When adapters sit only in layers ``start_layer..L-1`` (default for the cpu profile: the top 3
-MiniLM layers + head), the hidden states entering layer ``start_layer``,
+When adapters sit only in layers ``start_layer..L-1`` (the course's default: the top 3
+of MiniLM's 6 blocks, or of SmolLM2's 30), the hidden states entering layer ``start_layer``,
 
     h_start = layer_{start-1} ∘ … ∘ layer_0 ∘ embed(x),
 
@@ -75,7 +75,7 @@ def _weights_hasher(model, start_layer: int, max_length: int):
     hashed again only if one has changed: a tensor changed in place bumps its ``_version``, one replaced
     (``.data = ...``, a reload) has another storage address, and either changes the signature checked here.
     """
-    frozen = [model.encoder.embeddings] + list(model.layers[:start_layer])
+    frozen = [model.embeddings] + list(model.layers[:start_layer])
     tensors = [(name, t) for module in frozen for name, t in sorted(module.state_dict(keep_vars=True).items())]
     signature = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in tensors)
     per_model = _WEIGHT_HASHES.setdefault(model, {})
@@ -113,7 +113,7 @@ def compute_prefix(model, texts: list[str], start_layer: int, max_length: int | 
     # Sorting by length keeps batches nearly free of padding; rows go back in order afterwards.
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     pieces: list[torch.Tensor | None] = [None] * len(texts)
-    dev = next(model.head.parameters()).device
+    dev = config.model_device(model)
     steps = range(0, len(texts), batch_size)
     for i in tqdm(steps, desc=f"prefix (layers 0..{start_layer - 1})", disable=not progress or len(steps) < 4):
         rows = order[i:i + batch_size]

@@ -113,7 +113,7 @@ def first_adapted_layer(model) -> int:
 
 def make_data(model, split, use_prefix_cache: bool = True) -> ClassificationData:
     """A split (``.texts``, ``.labels``) as training data; cached prefix where the model allows it."""
-    start = first_adapted_layer(model) if use_prefix_cache and hasattr(model, "run_layers") else 0
+    start = first_adapted_layer(model) if use_prefix_cache and getattr(model, "supports_prefix", False) else 0
     if start > 0:
         return PrefixData(model, split.texts, split.labels, start)
     return TextData(model, split.texts, split.labels)

@@ -172,3 +172,48 @@ def test_memory_cache_keeps_the_most_recent_features_within_its_limit(minilm, te
     again = prefix_features(minilm, texts[:24], 3, progress=False)   # back from disk, and now the most recent
     assert again is not first and torch.equal(again.hidden, first.hidden)
     assert list(prefix_cache._MEMORY.values()) == [again]
+
+
+@pytest.mark.parametrize("start_layer", [0, 27, 30])
+def test_decoder_cached_logits_equal_uncached(smollm2, texts, start_layer, isolated_cache):
+    """SmolLM2 entered at a block from cached states (right padding, rotary positions 0..L-1) = the full pass."""
+    features = prefix_features(smollm2, texts[:12], start_layer)
+    idx = torch.tensor([5, 0, 11, 2])
+    with torch.no_grad():
+        cached = smollm2(**features.batch(idx))
+        batch = smollm2.tokenize([texts[i] for i in idx])
+        uncached = smollm2(**batch)
+        reference = smollm2.lm(**batch).logits           # transformers' own forward, all 30 blocks
+    last = batch["attention_mask"].sum(1) - 1
+    torch.testing.assert_close(uncached, reference[torch.arange(4), last][:, smollm2.label_token_ids], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(cached, uncached, atol=1e-4, rtol=1e-4)
+
+
+def test_make_data_uses_the_prefix_for_a_decoder_with_adapters_on_top(task, isolated_cache):
+    from minibayeslora.backbones import lora_classifier
+    from minibayeslora.train import PrefixData, TextData, make_data
+
+    model = lora_classifier(0, name="smollm2", device="cpu")
+    split = task.val.subset(6, seed=2)
+    data = make_data(model, split)
+    assert isinstance(data, PrefixData) and data.features.start_layer == 27
+    for layer in model.lm.model.layers[27:]:   # make the adapters matter: B = 0 at injection
+        torch.nn.init.normal_(layer.self_attn.q_proj.lora_B, std=0.02)
+    grads = []
+    for batch in (data.inputs(torch.arange(6)), TextData(model, split.texts, split.labels).inputs(torch.arange(6))):
+        model.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(**batch), split.labels)
+        loss.backward()
+        grads.append((loss.detach(), model.lm.model.layers[28].self_attn.v_proj.lora_A.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(grads[0][1], grads[1][1], atol=1e-5, rtol=1e-3)
+
+
+def test_a_decoder_that_pads_on_the_left_is_not_entered_at_a_block(smollm2, texts):
+    smollm2.tokenizer.padding_side = "left"
+    try:
+        assert not smollm2.supports_prefix
+        with pytest.raises(ValueError, match="cannot be entered at a block"):
+            smollm2(prefix_hidden=torch.zeros(1, 3, 576), attention_mask=torch.ones(1, 3), start_layer=27)
+    finally:
+        smollm2.tokenizer.padding_side = "right"
