@@ -17,11 +17,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from . import config
 from .lora import LoRALinear
 from .lrvd import VariationalLoRALinear, sampling
+from .progress import progress_bar
 from .stochastic import kl_warmup
 
 
@@ -79,7 +79,7 @@ def fit_linear(layer: LoRALinear, task: PlantedRank, cfg: LinearFitConfig, progr
     x, y = task.x.to(layer.lora_A.device), task.y.to(layer.lora_A.device)
     trajectory = []
     with config.private_rng(cfg.seed):  # seeded noise draws that leave the caller's random stream alone
-        for step in tqdm(range(cfg.steps), desc="fitting", disable=not progress, leave=False):
+        for step in progress_bar(range(cfg.steps), desc="fitting", disable=not progress):
             _linear_step(layer, x, y, task.noise, optimizer, cfg, step, n, variational, trajectory)
     return trajectory
 

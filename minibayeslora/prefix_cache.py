@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import torch
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from . import config
+from .progress import progress_bar
 
 MEMORY_LIMIT_BYTES = int(float(os.environ.get("MINIBAYESLORA_PREFIX_MEMORY_MB", 2048)) * 2**20)
 _MEMORY: OrderedDict[str, "PrefixFeatures"] = OrderedDict()      # least recently used first
@@ -115,7 +115,7 @@ def compute_prefix(model, texts: list[str], start_layer: int, max_length: int | 
     pieces: list[torch.Tensor | None] = [None] * len(texts)
     dev = config.model_device(model)
     steps = range(0, len(texts), batch_size)
-    for i in tqdm(steps, desc=f"prefix (layers 0..{start_layer - 1})", disable=not progress or len(steps) < 4):
+    for i in progress_bar(steps, desc=f"prefix (layers 0..{start_layer - 1})", disable=not progress or len(steps) < 4):
         rows = order[i:i + batch_size]
         batch = model.tokenize([texts[r] for r in rows], max_length=max_length)
         ids, mask = batch["input_ids"].to(dev), batch["attention_mask"].to(dev)

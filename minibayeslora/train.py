@@ -35,9 +35,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from . import __version__, config
+from .progress import progress_bar
 from .lora import adapter_state, layer_index, load_adapter_state, lora_layers
 from .prefix_cache import prefix_features
 
@@ -245,7 +245,7 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
         history.records.append({"step": 0, **record(model)})
     device = config.model_device(model)
     model.train()
-    bar = tqdm(range(1, cfg.steps + 1), desc="training", disable=not progress, leave=False)
+    bar = progress_bar(range(1, cfg.steps + 1), desc="training", disable=not progress)
     for step in bar:
         if len(order) < cfg.batch_size:  # a fresh permutation per epoch; no partial batches
             order = torch.cat([order, torch.randperm(len(train_data), generator=generator)])

@@ -102,3 +102,25 @@ def test_colab_setup_keeps_colab_torch():
     pyproject = (ROOT / "pyproject.toml").read_text()
     torch_req = next(Requirement(r) for r in re.findall(r'"(torch[^"]*)"', pyproject) if Requirement(r).name == "torch")
     assert all(torch_req.specifier.contains(v) for v in ("2.6.0", "2.9.0", "2.13.0")), torch_req
+
+
+def test_progress_is_plain_text_everywhere():
+    """tqdm's notebook widget (tqdm.auto, tqdm.notebook) leaves dead widget references in a saved notebook."""
+    widget_bar = re.compile(r"tqdm\.(auto|notebook|autonotebook)")
+    sources = [p for p in (ROOT / "minibayeslora").glob("*.py")] + list((ROOT / "bench").glob("*.py"))
+    offenders = [p.name for p in sources if widget_bar.search(p.read_text())]
+    for path in [*(ROOT / "notebooks").glob("*.ipynb"), *(ROOT / "solutions").glob("*.ipynb")]:
+        code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        if widget_bar.search(code):
+            offenders.append(path.name)
+    assert not offenders, offenders
+
+
+def test_progress_bar_writes_text_to_stdout_and_erases_itself(capsys):
+    from minibayeslora.progress import progress_bar
+
+    assert sum(progress_bar(range(5), desc="counting")) == 10
+    out = capsys.readouterr().out
+    assert "counting" in out and out.endswith("\r")     # drawn, then erased (leave=False)
+    list(progress_bar(range(3), desc="kept", leave=True))
+    assert "3/3" in capsys.readouterr().out
