@@ -62,6 +62,10 @@ def plot_spectra(spectra: dict, title: str = ""):
     return fig
 
 
+WIDGET_WIDTH = 10.5   # inches: 1,050 px at the notebook's 100 dpi, unshrunk on a 1366 × 768 laptop screen
+FONT = 9              # the smallest font in a widget's figure, in points
+
+
 @dataclass
 class CurveExplorer:
     """Everything the t-slider shows, precomputed once (so moving the slider costs no model call).
@@ -105,9 +109,16 @@ def plot_curve_explorer(explorer: CurveExplorer, t: float):
 
     i = explorer.index(t)
     t_now, path = explorer.ts[i], explorer.path
-    ncols = 3 if explorer.plane is not None else 2
-    fig, axes = plt.subplots(1, ncols, figsize=(5.2 * ncols, 3.8), layout="constrained",
-                             gridspec_kw={"width_ratios": [1.0, 0.8, 1.0][-ncols:]})
+    R, C = explorer.probs.shape[1:]
+    bars_height = max(2.0, 0.3 * R * max(1, C / 2) + 1.0)
+    if explorer.plane is not None:   # two panels on top, the bars below: readable at 1366 px screens
+        fig = plt.figure(figsize=(WIDGET_WIDTH, 3.6 + bars_height), layout="constrained")
+        grid = fig.add_gridspec(2, 2, height_ratios=[3.6, bars_height], width_ratios=[1.15, 1.0])
+        axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1]), fig.add_subplot(grid[1, :])]
+    else:
+        fig = plt.figure(figsize=(WIDGET_WIDTH, max(3.6, bars_height)), layout="constrained")
+        grid = fig.add_gridspec(1, 2, width_ratios=[1.0, 1.0])
+        axes = [fig.add_subplot(grid[0, 0]), fig.add_subplot(grid[0, 1])]
     along = axes[0]
     twin = along.twinx()
     for split, losses in path["nll"].items():
@@ -118,7 +129,7 @@ def plot_curve_explorer(explorer: CurveExplorer, t: float):
     twin.set_ylabel("accuracy (dotted)")
     along.axvline(t_now, color="k", lw=1)
     along.set(xlabel="t", ylabel="NLL", title=f"Along the curve, t = {t_now:.2f}")
-    along.legend(fontsize=7, loc="upper left")
+    along.legend(fontsize=FONT, loc="upper left")
     if explorer.plane is not None:
         plane, ax = explorer.plane, axes[1]
         contour = ax.contourf(plane["xs"], plane["ys"], plane["loss"], levels=15, cmap="viridis")
@@ -129,14 +140,13 @@ def plot_curve_explorer(explorer: CurveExplorer, t: float):
         ax.plot([xy[i, 0]], [xy[i, 1]], "o", color="tab:red", ms=9)
         ax.set(title="θ(t) in the plane of the optima", xticks=[], yticks=[])
     bars = axes[-1]
-    R, C = explorer.probs.shape[1:]
     height = 0.8 / C
     for c in range(C):
         bars.barh(np.arange(R) + (c - (C - 1) / 2) * height, explorer.probs[i, :, c], height=height, label=explorer.class_names[c])
-    bars.set_yticks(np.arange(R), explorer.reviews, fontsize=7)
+    bars.set_yticks(np.arange(R), explorer.reviews, fontsize=FONT)
     bars.invert_yaxis()
     bars.set(xlim=(0, 1), xlabel="p(class | review)", title="Predictive distribution at θ(t)")
-    bars.legend(fontsize=7, loc="lower right")
+    bars.legend(fontsize=FONT, loc="lower right")
     return fig
 
 
@@ -188,28 +198,32 @@ def plot_points_explorer(explorer: PointsExplorer, k: int):
     the MI; right: mean MI per set against k, the current k marked."""
     import matplotlib.pyplot as plt
 
+    from matplotlib.transforms import blended_transform_factory
+
     from .curves import nested_grid
     from .metrics import mutual_information
 
     n, methods = len(explorer.names), list(explorer.points)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     offsets = np.linspace(-0.2, 0.2, len(methods)) if len(methods) > 1 else [0.0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.55 * n), layout="constrained",
-                                      gridspec_kw={"width_ratios": [3, 2]})
+    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDGET_WIDTH, 1.6 + 0.3 * n * max(1, len(methods))),
+                                      layout="constrained", gridspec_kw={"width_ratios": [3, 2]})
+    label_at = blended_transform_factory(left.transAxes, left.transData)   # x in axes units, y in data units
     for j, method in enumerate(methods):
         chosen = explorer.points[method][nested_grid(explorer.points[method].shape[0], k)]      # (k, n, C)
         p_bar, mi = chosen.mean(0)[:, 1], mutual_information(chosen)
         y = np.arange(n) + offsets[j]
         left.scatter(chosen[..., 1].flatten(), np.tile(y, len(chosen)), s=14, alpha=0.45, color=colors[j % len(colors)])
-        left.scatter(p_bar, y, marker="|", s=400, color=colors[j % len(colors)], label=f"{method}: p̄")
-        for yi, p, m in zip(y, p_bar.tolist(), mi.tolist()):
-            left.annotate(f"MI {m:.3f}", (p, yi), xytext=(8, -3), textcoords="offset points", fontsize=7,
-                          color=colors[j % len(colors)])
+        left.scatter(p_bar, y, marker="|", s=250, linewidths=2, color=colors[j % len(colors)], label=f"{method}: p̄")
+        for yi, m in zip(y, mi.tolist()):   # in a column right of the axes, where no dot can cover it
+            left.text(1.01, yi, f"MI {m:.3f}", transform=label_at, fontsize=FONT, va="center", color=colors[j % len(colors)])
     left.axvline(0.5, color="k", lw=0.5, ls=":")
-    left.set_yticks(range(n), explorer.names, fontsize=8)
+    left.set_yticks(range(n), explorer.names, fontsize=FONT)
     left.invert_yaxis()
-    left.set(xlim=(0, 1), xlabel="p(positive): one dot per curve point, bar = average p̄", title=f"k = {k} curve points")
-    left.legend(fontsize=7, loc="upper left")
+    left.set(xlim=(0, 1), xlabel="p(positive): one dot per curve point, bar = average p̄")
+    left.set_title(f"k = {k} curve point{'s' if k != 1 else ''}", pad=20)   # room for the legend between title and data
+    left.legend(fontsize=FONT, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(3, len(methods)), frameon=False,
+                markerscale=0.5)
     styles = ["o-", "s--", "^:", "d-."]
     for j, (method, by_set) in enumerate(explorer.mean_mi.items()):
         for i, (set_name, values) in enumerate(by_set.items()):
@@ -217,8 +231,8 @@ def plot_points_explorer(explorer: PointsExplorer, k: int):
     right.axvline(k, color="k", lw=1)
     right.set_xscale("log", base=2)
     right.set_xticks(explorer.ks, [str(x) for x in explorer.ks])
-    right.set(xlabel="curve points k", ylabel="mean MI (nats)", title="Mean MI per set against the number of points")
-    right.legend(fontsize=7)
+    right.set(xlabel="curve points k", ylabel="mean MI (nats)", title="Mean MI per set against k")
+    right.legend(fontsize=FONT)
     return fig
 
 
@@ -290,6 +304,7 @@ def plot_threshold_sweep(sweep, threshold: float):
     threshold, with a marker there.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     missing = {"threshold", "adapter numbers", "test acc", "test ECE"} - set(sweep.columns)
     kept_columns = [c for c in sweep.columns if c.startswith("kept ")]
@@ -297,9 +312,10 @@ def plot_threshold_sweep(sweep, threshold: float):
         raise KeyError(f"the sweep table lacks columns {sorted(missing) or ['kept <layer>']}.")
     i = int(np.abs(sweep["threshold"].to_numpy() - float(threshold)).argmin())
     row = sweep.iloc[i]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.4), layout="constrained")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDGET_WIDTH, 3.6), layout="constrained")
     left.bar(range(len(kept_columns)), [row[c] for c in kept_columns])
-    left.set_xticks(range(len(kept_columns)), [c.removeprefix("kept ") for c in kept_columns], rotation=30, fontsize=8)
+    left.set_xticks(range(len(kept_columns)), [c.removeprefix("kept ") for c in kept_columns], rotation=30, fontsize=FONT)
+    left.yaxis.set_major_locator(MaxNLocator(integer=True))
     left.set(ylabel="kept rank", title=f"log α ≤ {row['threshold']:g}: {int(row['adapter numbers']):,} adapter numbers")
     right.plot(sweep["threshold"], sweep["test acc"], "o-", label="test accuracy")
     right.plot([row["threshold"]], [row["test acc"]], "o", color="k", ms=9)
@@ -307,7 +323,10 @@ def plot_threshold_sweep(sweep, threshold: float):
     twin.plot(sweep["threshold"], sweep["test ECE"], "s--", color="tab:orange", label="test ECE")
     twin.set_ylabel("ECE (dashed)")
     right.axvline(row["threshold"], color="k", lw=1)
-    right.set(xlabel="log α threshold", ylabel="accuracy", title="Accuracy and calibration after pruning")
+    right.set(xlabel="log α threshold (components with log α above it are pruned)", ylabel="accuracy",
+              title="Accuracy and calibration after pruning")
+    handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
+    twin.legend(handles, [h.get_label() for h in handles], fontsize=FONT, loc="best")   # on the twin: drawn last, on top
     return fig
 
 

@@ -54,11 +54,12 @@ def plot_posterior_explorer(explorer: PosteriorExplorer, S: int, scale: float):
     from matplotlib.transforms import blended_transform_factory
 
     from .metrics import mutual_information
+    from .viz import FONT, WIDGET_WIDTH
 
     n, methods = len(explorer.names), list(explorer.draws)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     offsets = np.linspace(-0.25, 0.25, len(methods)) if len(methods) > 1 else [0.0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 1.4 + 0.5 * n * max(1, len(methods) / 2)), layout="constrained",
+    fig, (left, right) = plt.subplots(1, 2, figsize=(WIDGET_WIDTH, 1.4 + 0.5 * n * max(1, len(methods) / 2)), layout="constrained",
                                       gridspec_kw={"width_ratios": [3, 2]})
     label_at = blended_transform_factory(left.transAxes, left.transData)
     for j, method in enumerate(methods):
@@ -69,13 +70,15 @@ def plot_posterior_explorer(explorer: PosteriorExplorer, S: int, scale: float):
         left.scatter(chosen[..., 1].flatten(), np.tile(y, len(chosen)), s=12, alpha=0.4, color=color)
         left.scatter(p_bar, y, marker="|", s=250, linewidths=2, color=color, label=method)
         for yi, m in zip(y, mi.tolist()):
-            left.text(1.01, yi, f"MI {m:.4f}", transform=label_at, fontsize=7, va="center", color=color)
+            left.text(1.01, yi, f"MI {m:.4f}", transform=label_at, fontsize=FONT, va="center", color=color)
     left.axvline(0.5, color="k", lw=0.5, ls=":")
-    left.set_yticks(range(n), explorer.names, fontsize=8)
+    left.set_yticks(range(n), explorer.names, fontsize=FONT)
     left.invert_yaxis()
-    left.set(xlim=(0, 1), xlabel="p(positive): dots = posterior draws, bar = p̄",
-             title=f"S = {S} draws at {explorer.scales[int(np.abs(np.asarray(explorer.scales) - scale).argmin())]:g}× the posterior's noise")
-    left.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.06), ncol=min(4, len(methods)), frameon=False)
+    left.set(xlim=(0, 1), xlabel="p(positive): dots = posterior draws, bar = p̄")
+    left.set_title(f"S = {S} draws at {explorer.scales[int(np.abs(np.asarray(explorer.scales) - scale).argmin())]:g}× "
+                   "the posterior's noise", pad=20)   # room for the legend between title and data
+    left.legend(fontsize=FONT, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(3, len(methods)), frameon=False,
+                markerscale=0.5)
     kinds = explorer.kinds or ["chosen"] * n
     styles = ["o-", "s--", "^:", "d-."]
     for j, method in enumerate(methods):
@@ -86,7 +89,7 @@ def plot_posterior_explorer(explorer: PosteriorExplorer, S: int, scale: float):
     right.axvline(scale, color="k", lw=1)
     right.set(xlabel="posterior noise scale (0 = LoRA, 1 = as trained)", ylabel="mean MI (nats)", title=f"MI against the scale, S = {S}")
     right.set_ylim(bottom=0)
-    right.legend(fontsize=7)
+    right.legend(fontsize=FONT)
     return fig
 
 

@@ -217,3 +217,57 @@ def test_posterior_widget_starts_at_the_largest_s_and_scale_one():
     assert sizes.value == 8 and scales.value == 1.0
     sizes.value, scales.value = 1, 0.0      # must redraw without raising
     plt.close("all")
+
+
+def _sweep():
+    return pd.DataFrame({"threshold": [1.0, 2.0, 3.0], "adapter numbers": [100, 200, 300], "test acc": [0.7, 0.75, 0.8],
+                         "test ECE": [0.05, 0.04, 0.03], "kept 3.query": [1, 2, 3], "kept 3.value": [0, 1, 2]})
+
+
+WIDGET_FIGURES = {
+    "nb03 curve": lambda: viz.plot_curve_explorer(_explorer(), 0.5),
+    "nb03 curve, no plane": lambda: viz.plot_curve_explorer(_explorer(with_plane=False), 0.5),
+    "nb04 points": lambda: viz.plot_points_explorer(_points_explorer(), 1),
+    "nb05 threshold": lambda: viz.plot_threshold_sweep(_sweep(), 2.0),
+    "nb06 posterior": lambda: viz.plot_posterior_explorer(_posterior_explorer(), 4, 1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(WIDGET_FIGURES))
+def test_widget_figures_are_readable_on_a_laptop_screen(name):
+    """At the notebook's 100 dpi a widget figure is at most 1,100 px wide (a 1366 × 768 screen shows it unshrunk)
+    and no text in it is smaller than 9 pt."""
+    import io
+
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig = WIDGET_FIGURES[name]()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")   # what the inline backend shows
+    width = Image.open(buffer).size[0]
+    sizes = {t.get_text(): t.get_fontsize() for t in fig.findobj(plt.Text) if t.get_text().strip()}
+    plt.close(fig)
+    assert width <= 1100, f"{name}: {width} px wide"
+    small = {text: size for text, size in sizes.items() if size < 9}
+    assert not small, f"{name}: texts below 9 pt: {small}"
+
+
+def test_points_explorer_legend_and_labels_stay_clear_of_the_data():
+    import matplotlib.pyplot as plt
+
+    fig = viz.plot_points_explorer(_points_explorer(), 1)
+    left = fig.axes[0]
+    fig.canvas.draw()
+    assert left.get_title() == "k = 1 curve point"
+    assert all(t.get_position()[0] > 1.0 for t in left.texts), "MI labels sit right of the axes, never under the dots"
+    legend_box = left.get_legend().get_window_extent()
+    assert legend_box.y0 >= left.get_window_extent().y1 - 1, "the legend sits above the axes, off the data"
+    plt.close(fig)
+
+
+def test_threshold_sweep_right_panel_has_a_legend_for_both_axes():
+    fig = viz.plot_threshold_sweep(_sweep(), 2.0)
+    legends = [ax.get_legend() for ax in fig.axes[1:] if ax.get_legend() is not None]      # the right panel and its twin
+    labels = [t.get_text() for t in legends[0].get_texts()]
+    assert labels == ["test accuracy", "test ECE"]
