@@ -49,8 +49,12 @@ class BaLoRALinear(StochasticLoRALinear):
         super().__init__(base, r, alpha, dropout, noise=noise)
         self.log_alpha_weight = nn.Parameter(torch.zeros(self.in_features))
         self.log_alpha_bias = nn.Parameter(torch.tensor(float(init_log_alpha)))
+        self.init_log_alpha = float(init_log_alpha)
         self.last_log_alpha = None
         self._last_mask = None
+
+    def settings(self) -> dict:
+        return {**super().settings(), "init_log_alpha": self.init_log_alpha}
 
     def log_alpha(self, x: torch.Tensor) -> torch.Tensor:
         """log α(x) per position: (..., d_in) -> (...), clamped at 10."""

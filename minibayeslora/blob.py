@@ -44,8 +44,11 @@ class BLoBLinear(StochasticLoRALinear):
         super().__init__(base, r, alpha, dropout, noise=noise)
         if prior_sd <= 0 or rho_init <= 0:
             raise ValueError(f"prior_sd and rho_init must be positive, got {prior_sd!r} and {rho_init!r}.")
-        self.prior_sd = float(prior_sd)
+        self.prior_sd, self.rho_init = float(prior_sd), float(rho_init)
         self.lora_A_rho = nn.Parameter(torch.empty(r, self.in_features).uniform_(rho_init / math.sqrt(2), rho_init))
+
+    def settings(self) -> dict:
+        return {**super().settings(), "prior_sd": self.prior_sd, "rho_init": self.rho_init}
 
     @property
     def sigma(self) -> torch.Tensor:

@@ -42,6 +42,10 @@ class CurveModel(nn.Module):
         self.chain = chain
         self.eval_ts = tuple(float(t) for t in eval_ts)
 
+    def settings(self) -> dict:
+        """What the training cache keys on besides the frozen tensors (the anchors, the classifier) and the chain's shapes."""
+        return {"eval_ts": list(self.eval_ts), "degree": self.chain.degree, "mode": self.chain.mode}
+
     def logits_at(self, t: float, state: dict | None = None, **inputs) -> torch.Tensor:
         """Logits (N, C) of the model at θ(t) (or at a given ``state``, e.g. a perturbed θ(t))."""
         return functional_call(self.model, self.chain.point(t) if state is None else state, args=(), kwargs=inputs,

@@ -164,6 +164,9 @@ class InducingLoRALinear(StochasticLoRALinear):
         self._inducing = {"m": m, "prior_sd": float(prior_sd)}
         super().__init__(base, r, alpha, dropout, noise=noise)
 
+    def settings(self) -> dict:
+        return {**super().settings(), **self._inducing}
+
     def _init_factors(self) -> None:
         m, prior_sd = self._inducing["m"], self._inducing["prior_sd"]
         self.factor_A = InducingFactor(self.r, self.in_features, m, prior_sd)

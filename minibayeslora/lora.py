@@ -85,6 +85,14 @@ class LoRALinear(nn.Module):
             self.base.weight -= self.delta_weight().to(self.base.weight.dtype)
         self.merged = False
 
+    def settings(self) -> dict:
+        """The constructor's settings (all but ``base``): the training cache keys on them (``recipe``).
+
+        A subclass with settings of its own extends this dict with every one of them.
+        """
+        p = self.dropout.p if isinstance(self.dropout, nn.Dropout) else 0.0
+        return {"class": type(self).__qualname__, "r": self.r, "alpha": float(self.alpha), "dropout": float(p)}
+
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, r={self.r}, alpha={self.alpha}, merged={self.merged}"
 

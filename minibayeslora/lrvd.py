@@ -61,7 +61,10 @@ class VariationalLoRALinear(StochasticLoRALinear):
                  threshold: float | None = THRESHOLD, noise: str = "sequence"):
         super().__init__(base, r, alpha, dropout, noise=noise)
         self.log_alpha = nn.Parameter(torch.full((r,), float(init_log_alpha)))
-        self.threshold = threshold
+        self.init_log_alpha, self.threshold = float(init_log_alpha), threshold
+
+    def settings(self) -> dict:
+        return {**super().settings(), "init_log_alpha": self.init_log_alpha, "threshold": self.threshold}
 
     def keep_mask(self, threshold: float | None = None) -> torch.Tensor:
         """Boolean (r,): the rank components with log α ≤ threshold."""

@@ -59,6 +59,9 @@ class StochasticLoRALinear(LoRALinear):
         self.copies = 1          # how many stacked copies of a batch one pass holds (see ``sampling``)
         self.token_mask = None   # (N, L) 0/1 of real tokens, set by ``masked_tokens`` (input-dependent KLs)
 
+    def settings(self) -> dict:
+        return {**super().settings(), "noise": self.noise}
+
     # ---- what a method defines ------------------------------------------------------------------
     def noisy_update(self, x: torch.Tensor) -> torch.Tensor:
         """One draw of B̃ Ã x (before the α/r scaling): (..., d_in) -> (..., d_out)."""

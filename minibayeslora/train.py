@@ -12,9 +12,10 @@ Data come as ``ClassificationData``: token batches (``TextData``) or, when the b
 frozen, their cached outputs (``PrefixData``, see ``prefix_cache``): the loop does not care which.
 
 ``fit(..., cache_key={...})`` stores the result as safetensors + JSON under
-``cache_dir()/adapters``, keyed by a hash of the key, the training config, the adapter's tensor
-names and shapes, the data and the package version; a later identical call loads it instead of
-training. A keep-best run also stores its final state under the key of the same run without
+``cache_dir()/adapters``, keyed by a hash of the key, the training config, the recipe (the model's
+backbone, a hash of its frozen weights and every adapter layer's class and settings; every setting
+of the loss; see ``recipe``), the adapter's tensor names and shapes, the data and the package
+version; a later identical call loads it instead of training. A keep-best run also stores its final state under the key of the same run without
 keep-best (the two runs take identical steps; only the state kept at the end differs). Files are
 written atomically; an unreadable file is retrained with a warning.
 """
@@ -37,9 +38,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from . import __version__, config
-from .progress import progress_bar
 from .lora import adapter_state, layer_index, load_adapter_state, lora_layers
 from .prefix_cache import prefix_features
+from .progress import progress_bar
+from .recipe import describe, model_recipe
 
 
 class ClassificationData:
@@ -224,9 +226,10 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
     if not params:
         raise ValueError("the model has no trainable tensors: inject LoRA (or unfreeze the head) first.")
     groups = _param_groups(named, cfg)
-    path = None
+    path = recipe = None
     if cache_key is not None:
-        path = _cache_path(model, train_data, val_data, cfg, cache_key)
+        recipe = _recipe(model, loss_fn)
+        path = _cache_path(recipe, train_data, val_data, cfg, cache_key)
         cached = _load(path, model)
         if cached is not None:
             return cached
@@ -280,7 +283,7 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
         if final is not None:  # the same run without keep-best ends in the final state: cache it under that key too
             state, final_history = final
             final_history.seconds = history.seconds
-            _save(_cache_path(model, train_data, val_data, dataclasses.replace(cfg, keep_best=False), cache_key),
+            _save(_cache_path(recipe, train_data, val_data, dataclasses.replace(cfg, keep_best=False), cache_key),
                   state, final_history)
     return history
 
@@ -301,16 +304,16 @@ def _param_groups(named, cfg: TrainConfig) -> list[dict]:
 
 # ---- train-or-load cache --------------------------------------------------------------------------
 
-def _cache_path(model, train_data, val_data, cfg: TrainConfig, cache_key: dict):
-    shapes = {name: list(t.shape) for name, t in adapter_state(model).items()}
-    settings = dataclasses.asdict(cfg)
-    if not settings["param_lr"]:  # added later: absent from the keys of runs that do not use it
-        del settings["param_lr"]
-    key = {"key": cache_key, "config": settings, "adapter": shapes, "version": __version__,
+def _recipe(model, loss_fn) -> dict:
+    """What the trained weights depend on besides config and data: the model (``recipe.model_recipe``), the
+    trainable tensors' names and shapes, and every setting of the loss (``recipe.describe``)."""
+    return {"model": model_recipe(model), "loss": describe(loss_fn),
+            "adapter": {name: list(t.shape) for name, t in adapter_state(model).items()}}
+
+
+def _cache_path(recipe: dict, train_data, val_data, cfg: TrainConfig, cache_key: dict):
+    key = {"key": cache_key, "config": dataclasses.asdict(cfg), "recipe": recipe, "version": __version__,
            "train": train_data.fingerprint(), "val": val_data.fingerprint() if val_data is not None else None}
-    backbone = getattr(model, "name", None) or getattr(getattr(model, "model", None), "name", None)
-    if backbone not in (None, "minilm"):  # added with the backbone choice: MiniLM runs keep their earlier keys
-        key["backbone"] = backbone
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
     return config.cache_dir("adapters") / digest
 

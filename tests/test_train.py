@@ -162,10 +162,10 @@ def test_records_follow_the_training_and_survive_the_cache(small, isolated_cache
 
 def test_the_cache_key_names_the_backbone(small, isolated_cache):
     """Two backbones with the same adapter names and shapes (a MiniLM variant from the hub) must not share adapters."""
-    from minibayeslora.train import _cache_path
+    from minibayeslora.train import _cache_path, _recipe, cross_entropy
 
     model = _fresh_adapted()
     data, cfg = make_data(model, small[0]), TrainConfig(steps=2)
-    minilm_path = _cache_path(model, data, None, cfg, {"seed": 0})
+    minilm_path = _cache_path(_recipe(model, cross_entropy), data, None, cfg, {"seed": 0})
     model.name = "someone/minilm-variant"
-    assert _cache_path(model, data, None, cfg, {"seed": 0}) != minilm_path
+    assert _cache_path(_recipe(model, cross_entropy), data, None, cfg, {"seed": 0}) != minilm_path
