@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from . import config
+from . import config, prediction_cache
 from .train import batched_logits, eval_mode
 
 
@@ -100,10 +100,21 @@ class LRVDSampler(NoiseSampler):
         return VariationalLoRALinear
 
 
-def sample_probabilities(method: Predictive, data, S: int, batch_size: int = 64) -> torch.Tensor:
-    """``method.predict_samples`` over a whole ClassificationData: (S', N, C) with rows in data order."""
+def sample_probabilities(method: Predictive, data, S: int, batch_size: int = 64, cache: bool = True) -> torch.Tensor:
+    """``method.predict_samples`` over a whole ClassificationData: (S', N, C) with rows in data order.
+
+    With ``cache`` (default), the result is stored on disk and a later identical call loads it
+    (``prediction_cache``: keyed by the method's settings and every tensor of its model or states, the
+    data, S and the batch size).
+    """
+    key = prediction_cache.method_key(method, data, S, batch_size) if cache else None
+    if key is not None and (cached := prediction_cache.load(key)) is not None:
+        return cached
     samples = batched_logits(lambda inputs: method.predict_samples(inputs, S).transpose(0, 1), data, batch_size)
-    return samples.transpose(0, 1).contiguous()
+    samples = samples.transpose(0, 1).contiguous()
+    if key is not None:
+        prediction_cache.store(key, samples)
+    return samples
 
 
 class MCDropout:

@@ -1,0 +1,112 @@
+"""A disk cache for predictive samples, so a re-run notebook does not repeat its evaluations.
+
+``sample_probabilities(method, data, S)`` stores its (S, N, C) result as safetensors under
+``cache_dir()/predictions``, keyed by a hash of everything the samples depend on:
+
+- the method: its class and settings (seed, noise scale, temperature, ...), and for every model or
+  list of adapter states it holds, a hash of all their tensors (frozen ones through
+  ``recipe.frozen_digest``, hashed once per model; the small trainable ones every time) and each
+  adapter layer's settings;
+- the data (texts, labels, cached-prefix layer), S, the batch size (noise is drawn per batch), the
+  device type (CPU and CUDA draw different random numbers) and the package version.
+
+A method that holds something this module cannot describe, or that is not one of the package's own
+classes (a class written in a notebook may change between runs), is simply not cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__, config
+from .recipe import describe, frozen_digest
+
+
+class Undescribable(Exception):
+    """The method holds a value whose effect on the samples the key cannot capture."""
+
+
+def method_key(method, data, S: int, batch_size: int) -> str | None:
+    """The cache key of ``sample_probabilities(method, data, S, batch_size)``, or None if it cannot be cached.
+
+    Only the package's own methods are cached: a class written in a notebook (an exercise) may change its code
+    between runs under the same name and settings, and must run afresh every time.
+    """
+    if not type(method).__module__.startswith("minibayeslora."):
+        return None
+    try:
+        described = _describe_method(method)
+    except Undescribable:
+        return None
+    device = next((config.model_device(v).type for v in vars(method).values() if isinstance(v, nn.Module)), "cpu")
+    key = {"method": described, "data": data.fingerprint(), "S": S, "batch_size": batch_size, "device": device,
+           "version": __version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def load(key: str) -> torch.Tensor | None:
+    path = config.cache_dir("predictions") / f"{key}.safetensors"
+    if not path.exists():
+        return None
+    try:
+        return load_file(str(path))["samples"]
+    except Exception as err:  # a truncated or foreign file: recompute rather than fail
+        print(f"Ignoring unreadable prediction cache {path.name} ({type(err).__name__}); recomputing.")
+        return None
+
+
+def store(key: str, samples: torch.Tensor) -> None:
+    path = config.cache_dir("predictions") / f"{key}.safetensors"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    save_file({"samples": samples.contiguous()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def model_digest(model: nn.Module) -> dict:
+    """Frozen tensors (memoised), trainable tensors and adapter settings of a model, hashed."""
+    from .lora import LoRALinear
+
+    trainable = hashlib.sha256()
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            trainable.update(name.encode())
+            trainable.update(_bytes(p))
+    return {"frozen": frozen_digest(model), "trainable": trainable.hexdigest()[:24],
+            "adapters": {name: m.settings() for name, m in model.named_modules() if isinstance(m, LoRALinear)}}
+
+
+def _describe_method(method) -> dict:
+    out = {"class": f"{type(method).__module__}.{type(method).__qualname__}"}
+    for name, value in sorted(vars(method).items()):
+        out[name] = _describe_value(value)
+    return out
+
+
+def _describe_value(value):
+    if isinstance(value, nn.Module):
+        return model_digest(value)
+    if torch.is_tensor(value):
+        return hashlib.sha256(_bytes(value)).hexdigest()[:24]
+    if isinstance(value, dict) and all(torch.is_tensor(v) for v in value.values()):   # an adapter state
+        h = hashlib.sha256()
+        for k in sorted(value):
+            h.update(k.encode())
+            h.update(_bytes(value[k]))
+        return h.hexdigest()[:24]
+    if isinstance(value, (list, tuple)):
+        return [_describe_value(v) for v in value]
+    try:
+        return describe(value)
+    except TypeError as err:
+        raise Undescribable(str(err)) from err
+
+
+def _bytes(tensor: torch.Tensor) -> bytes:
+    t = tensor.detach().cpu().contiguous()
+    return f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes()

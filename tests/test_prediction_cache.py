@@ -1,0 +1,87 @@
+"""Cached predictive samples: reused only when nothing they depend on has changed."""
+
+import pytest
+import torch
+
+from minibayeslora import prediction_cache
+from minibayeslora.lora import inject_lora
+from minibayeslora.lrvd import VariationalLoRALinear
+from minibayeslora.predictive import MAP, LRVDSampler, StateAverage, sample_probabilities
+from minibayeslora.temperature import TemperatureScaled
+from minibayeslora.train import make_data
+
+
+@pytest.fixture
+def lrvd_model(minilm_fresh):
+    layers = inject_lora(minilm_fresh, ["query", "value"], r=4, alpha=8, layers=[5], layer_cls=VariationalLoRALinear)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(std=0.5)
+            layer.log_alpha.fill_(0.0)
+    return minilm_fresh
+
+
+def _refuse_to_predict(monkeypatch, cls):
+    monkeypatch.setattr(cls, "predict_samples", lambda *a, **k: pytest.fail("predicted although the result is cached"))
+
+
+def test_a_repeated_call_loads_the_same_samples(lrvd_model, task, isolated_cache, monkeypatch):
+    data = make_data(lrvd_model, task.val.subset(12, seed=0))
+    first = sample_probabilities(LRVDSampler(lrvd_model, seed=3), data, S=4, batch_size=5)
+    assert len(list((isolated_cache / "predictions").glob("*.safetensors"))) == 1
+    uncached = sample_probabilities(LRVDSampler(lrvd_model, seed=3), data, S=4, batch_size=5, cache=False)
+    torch.testing.assert_close(first, uncached, atol=0, rtol=0)    # seeded: the cache holds exactly the samples
+    with monkeypatch.context() as patch:
+        _refuse_to_predict(patch, LRVDSampler)
+        torch.testing.assert_close(sample_probabilities(LRVDSampler(lrvd_model, seed=3), data, S=4, batch_size=5), first,
+                                   atol=0, rtol=0)
+
+
+def test_anything_the_samples_depend_on_changes_the_key(lrvd_model, task, isolated_cache):
+    data = make_data(lrvd_model, task.val.subset(12, seed=0))
+    other_data = make_data(lrvd_model, task.val.subset(12, seed=1))
+
+    def key(method, data=data, S=4, batch_size=5):
+        return prediction_cache.method_key(method, data, S, batch_size)
+
+    base = key(LRVDSampler(lrvd_model, seed=3))
+    assert base == key(LRVDSampler(lrvd_model, seed=3))
+    different = {"seed": key(LRVDSampler(lrvd_model, seed=4)), "scale": key(LRVDSampler(lrvd_model, seed=3, scale=0.5)),
+                 "S": key(LRVDSampler(lrvd_model, seed=3), S=8), "batch size": key(LRVDSampler(lrvd_model, seed=3), batch_size=6),
+                 "data": key(LRVDSampler(lrvd_model, seed=3), data=other_data), "method": key(MAP(lrvd_model))}
+    layer = lrvd_model.encoder.encoder.layer[5].attention.self.query
+    with torch.no_grad():
+        layer.log_alpha[0] += 0.1                                                   # a trainable tensor, in place
+    different["trainable tensor"] = key(LRVDSampler(lrvd_model, seed=3))
+    with torch.no_grad():
+        lrvd_model.encoder.encoder.layer[5].output.dense.weight[0, 0] += 0.1       # a frozen one
+    different["frozen tensor"] = key(LRVDSampler(lrvd_model, seed=3))
+    layer.threshold = 1.0                                                           # a layer setting
+    different["layer setting"] = key(LRVDSampler(lrvd_model, seed=3))
+    assert len(set(different.values()) | {base}) == len(different) + 1, different
+
+
+def test_states_and_temperatures_are_part_of_the_key(lrvd_model, task, isolated_cache):
+    from minibayeslora.lora import adapter_state
+
+    data = make_data(lrvd_model, task.val.subset(12, seed=0))
+    state = adapter_state(lrvd_model)
+    shifted = {k: v + 0.01 for k, v in state.items()}
+    keys = {prediction_cache.method_key(StateAverage(lrvd_model, states), data, 1, 5) for states in ([state], [shifted], [state, shifted])}
+    keys |= {prediction_cache.method_key(TemperatureScaled(lrvd_model, t), data, 1, 5) for t in (1.0, 2.0)}
+    assert len(keys) == 5
+
+
+def test_a_method_written_outside_the_package_is_never_cached(lrvd_model, task, isolated_cache):
+    class MyMAP:                       # e.g. a student's method: its code may change between runs
+        def __init__(self, model):
+            self.model = model
+
+        def predict_samples(self, inputs, S=1):
+            with torch.no_grad():
+                return self.model(**inputs).softmax(-1).unsqueeze(0)
+
+    data = make_data(lrvd_model, task.val.subset(6, seed=0))
+    assert prediction_cache.method_key(MyMAP(lrvd_model), data, 1, 5) is None
+    sample_probabilities(MyMAP(lrvd_model), data, S=1)
+    assert not list((isolated_cache / "predictions").glob("*"))
