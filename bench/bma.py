@@ -8,7 +8,7 @@ probabilities:
 - ``sequential, cached``: S passes over the prefix-cached batch, one state each (``functional_call``);
 - ``sequential, uncached``: S passes of the whole model over the tokens, the naive way.
 
-Prints medians and the ratios batched / sequential (target ≤ 0.5, issue 5).
+Prints medians and the ratios batched / sequential (target ≤ 0.5 on a GPU).
 
     python bench/bma.py [--repeats 7] [--batch 64] [--samples 16] [--device cuda]
 """
