@@ -36,3 +36,44 @@ def _diagnose(got, expected: torch.Tensor, mistakes: dict[str, torch.Tensor], wh
     if got.shape != expected.shape:
         raise AssertionError(f"{what} returned shape {tuple(got.shape)}, expected {tuple(expected.shape)}.")
     raise AssertionError(f"{what} differs from the reference by up to {(got - expected).abs().max():.3g}.")
+
+
+def references_used(fn, references: list[str]) -> list[str]:
+    """The dotted names in ``references`` (e.g. ``"minibayeslora.metrics.ece"``) that ``fn`` reaches.
+
+    Reads the names ``fn``'s code uses (nested functions, lambdas and, for a class, its methods included)
+    and resolves them in ``fn``'s globals: ``ece(...)`` after ``from minibayeslora.metrics import ece``
+    and ``metrics.ece(...)`` after ``from minibayeslora import metrics`` are both found.
+    """
+    import importlib
+    import inspect
+    import types
+
+    targets = {}
+    for dotted in references:
+        module, _, attr = dotted.rpartition(".")
+        targets[id(getattr(importlib.import_module(module), attr))] = dotted
+    functions = [f for _, f in inspect.getmembers(fn, inspect.isfunction)] if inspect.isclass(fn) else [fn]
+    found = set()
+    for function in functions:
+        codes, scope = [function.__code__], function.__globals__
+        while codes:
+            code = codes.pop()
+            codes += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+            for name in code.co_names:
+                value = scope.get(name)
+                if id(value) in targets:
+                    found.add(targets[id(value)])
+                if isinstance(value, types.ModuleType):
+                    for attr in code.co_names:
+                        if id(getattr(value, attr, None)) in targets:
+                            found.add(targets[id(getattr(value, attr))])
+    return sorted(found)
+
+
+def assert_own_work(fn, *references: str) -> None:
+    """Fail if ``fn`` calls one of the package's reference implementations instead of computing it."""
+    used = references_used(fn, list(references))
+    if used:
+        raise AssertionError(f"{getattr(fn, '__name__', fn)} calls {', '.join(used)}: the exercise is to compute it "
+                             f"yourself (the package's version is there to compare with afterwards).")

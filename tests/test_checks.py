@@ -187,3 +187,21 @@ def test_checks_are_deterministic_whatever_the_callers_seed():
             checks.check_lora_layer(lambda base, r, alpha: _Layer(base, r, alpha, b_random=True))
         messages.add(str(failure.value))
     assert len(messages) == 1
+
+
+def test_assert_own_work_notices_a_call_to_the_package_reference():
+    from minibayeslora import checks
+
+    def honest(probs, labels):
+        return (probs.argmax(1) != labels).float().mean()
+
+    namespace = {}
+    exec("from minibayeslora import metrics\nfrom minibayeslora.metrics import ece as e\n"
+         "def by_module(p, y):\n    return metrics.ece(p, y)\n"
+         "def by_name(p, y):\n    return e(p, y)\n"
+         "def nested(p, y):\n    return (lambda: metrics.ece(p, y))()\n"
+         "class Wrapper:\n    def score(self, p, y):\n        return e(p, y)\n", namespace)
+    checks.assert_own_work(honest, "minibayeslora.metrics.ece")
+    for name in ("by_module", "by_name", "nested", "Wrapper"):
+        with pytest.raises(AssertionError, match="calls minibayeslora.metrics.ece"):
+            checks.assert_own_work(namespace[name], "minibayeslora.metrics.ece")
