@@ -61,3 +61,19 @@ def minilm_fresh():
 
     torch.manual_seed(0)
     return load_backbone("minilm")
+
+
+@pytest.fixture
+def lrvd_model(minilm_fresh):
+    """MiniLM with LRVD adapters (r = 4) on block 5's query and value, made to matter: B ~ N(0, 0.5²), log α = 0."""
+    import torch
+
+    from minibayeslora.lora import inject_lora
+    from minibayeslora.lrvd import VariationalLoRALinear
+
+    layers = inject_lora(minilm_fresh, ["query", "value"], r=4, alpha=8, layers=[5], layer_cls=VariationalLoRALinear)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(std=0.5)
+            layer.log_alpha.fill_(0.0)
+    return minilm_fresh

@@ -4,21 +4,9 @@ import pytest
 import torch
 
 from minibayeslora import prediction_cache
-from minibayeslora.lora import inject_lora
-from minibayeslora.lrvd import VariationalLoRALinear
 from minibayeslora.predictive import MAP, LRVDSampler, StateAverage, sample_probabilities
 from minibayeslora.temperature import TemperatureScaled
 from minibayeslora.train import make_data
-
-
-@pytest.fixture
-def lrvd_model(minilm_fresh):
-    layers = inject_lora(minilm_fresh, ["query", "value"], r=4, alpha=8, layers=[5], layer_cls=VariationalLoRALinear)
-    with torch.no_grad():
-        for layer in layers.values():
-            layer.lora_B.normal_(std=0.5)
-            layer.log_alpha.fill_(0.0)
-    return minilm_fresh
 
 
 def _refuse_to_predict(monkeypatch, cls):

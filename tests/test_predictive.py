@@ -9,16 +9,6 @@ from minibayeslora.predictive import MAP, LRVDSampler, repeat_batch, sample_prob
 from minibayeslora.train import make_data
 
 
-@pytest.fixture
-def lrvd_model(minilm_fresh):
-    layers = inject_lora(minilm_fresh, ["query", "value"], r=4, alpha=8, layers=[5], layer_cls=VariationalLoRALinear)
-    with torch.no_grad():
-        for layer in layers.values():
-            layer.lora_B.normal_(std=0.5)
-            layer.log_alpha.fill_(0.0)
-    return minilm_fresh
-
-
 def test_repeat_batch_stacks_tensors_only():
     batch = {"prefix_hidden": torch.arange(6.0).view(3, 2), "attention_mask": torch.ones(3, 2), "start_layer": 4}
     stacked = repeat_batch(batch, 2)
