@@ -110,6 +110,65 @@ def check_lora_layer(layer_cls) -> bool:
 
 
 @_private_rng
+def check_lora_embedding(layer_cls) -> bool:
+    """``layer_cls(base: nn.Embedding, r, alpha)``: LoRA on an embedding table, compared with PEFT's own layer.
+
+    E ∈ R^{V×H} (V tokens, H dims); ``lora_embedding_A`` (r, V), ``lora_embedding_B`` (H, r) as in PEFT;
+    ``forward(ids) = E[ids] + (α/r) · Aᵀ[ids] Bᵀ``, i.e. ΔE = (α/r)(B A)ᵀ. One factor starts at zero.
+    """
+    from peft import LoraConfig
+    from peft.tuners.lora.layer import Embedding as PeftEmbedding
+
+    V, H, r, alpha = 11, 6, 3, 6.0
+    base = nn.Embedding(V, H)
+    reference_table = base.weight.detach().clone()
+    layer = _call(layer_cls, base, r, alpha, what="the layer", shape_hint="A is (r, V), B is (H, r), ids are (N, L).")
+    for name in ("lora_embedding_A", "lora_embedding_B"):
+        if not isinstance(getattr(layer, name, None), nn.Parameter):
+            raise AssertionError(f"the layer needs a trainable nn.Parameter named {name} (PEFT's names).")
+    A, B = layer.lora_embedding_A, layer.lora_embedding_B
+    if tuple(A.shape) == (V, r) or tuple(B.shape) == (r, H):
+        raise AssertionError(f"a factor is transposed: lora_embedding_A must be (r, V) = ({r}, {V}) and lora_embedding_B "
+                             f"(H, r) = ({H}, {r}); got {tuple(A.shape)} and {tuple(B.shape)}.")
+    if tuple(A.shape) != (r, V) or tuple(B.shape) != (H, r):
+        raise AssertionError(f"lora_embedding_A must be (r, V) = ({r}, {V}) and lora_embedding_B (H, r) = ({H}, {r}); "
+                             f"got {tuple(A.shape)} and {tuple(B.shape)}.")
+    if base.weight.requires_grad or not (A.requires_grad and B.requires_grad):
+        raise AssertionError("freeze the table (base.requires_grad_(False)) and keep both factors trainable.")
+    a_zero, b_zero = (not t.detach().any() for t in (A, B))
+    if a_zero and b_zero:
+        raise AssertionError("both factors start at zero: then neither gets a gradient and training never starts. "
+                             "Start one at zero (PEFT: A) and the other random (PEFT: B).")
+    ids = torch.tensor([[0, 3, 10, 3], [5, 5, 1, 7]])
+    with torch.no_grad():
+        if not (a_zero or b_zero):
+            raise AssertionError("one factor must start at zero, so that the adapted table starts as the pretrained one.")
+        _diagnose(layer(ids), base(ids), {}, "the lookup at initialisation (it must equal base(ids))")
+        A.copy_(torch.randn_like(A))
+        B.copy_(torch.randn_like(B))
+        got = layer(ids)
+        peft_layer = PeftEmbedding(nn.Embedding(V, H), "default", LoraConfig(r=r, lora_alpha=alpha), r=r, lora_alpha=alpha)
+        peft_layer.base_layer.weight.copy_(reference_table)
+        peft_layer.lora_embedding_A["default"].copy_(A)
+        peft_layer.lora_embedding_B["default"].copy_(B)
+        expected = peft_layer(ids)                                              # PEFT, the independent reference
+    if not torch.equal(base.weight.detach(), reference_table):
+        raise AssertionError("the layer changed the pretrained table: LoRA leaves it untouched.")
+    update = A.detach().T[ids] @ B.detach().T                                   # (N, L, H)
+    _diagnose(got, expected, {
+        "you forgot the scaling α/r = 6/3 = 2.": base(ids) + update,
+        "the scaling is α/r, not α.": base(ids) + alpha * update,
+        "the scaling is α/r, not r/α.": base(ids) + (r / alpha) * update,
+        "you forgot the pretrained lookup base(ids).": (alpha / r) * update,
+    }, "the lookup")
+    trainable = sum(p.numel() for p in layer.parameters() if p.requires_grad)
+    if trainable != r * (V + H):
+        raise AssertionError(f"the layer trains {trainable} numbers; LoRA on a {V}×{H} table with r = {r} trains r·(V + H) = "
+                             f"{r * (V + H)}: only the two factors.")
+    return _ok("check_lora_embedding")
+
+
+@_private_rng
 def check_merge(merge) -> bool:
     """``merge(layer)`` takes a LoRALinear and returns a new ``nn.Linear`` with weight W₀ + ΔW (and the bias)."""
     from .lora import LoRALinear

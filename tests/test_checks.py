@@ -205,3 +205,45 @@ def test_assert_own_work_notices_a_call_to_the_package_reference():
     for name in ("by_module", "by_name", "nested", "Wrapper"):
         with pytest.raises(AssertionError, match="calls minibayeslora.metrics.ece"):
             checks.assert_own_work(namespace[name], "minibayeslora.metrics.ece")
+
+
+# ---- LoRA on an embedding table ----
+
+class _Embedding(nn.Module):
+    """Reference LoRA embedding (PEFT's convention: A zero, B random), with switches for the classic mistakes."""
+
+    def __init__(self, base, r, alpha, *, both_zero=False, none_zero=False, transposed=False, scaling=None,
+                 no_base=False, table_trainable=False):
+        super().__init__()
+        self.base = base if table_trainable else base.requires_grad_(False)
+        V, H = base.num_embeddings, base.embedding_dim
+        a_shape = (V, r) if transposed else (r, V)
+        self.lora_embedding_A = nn.Parameter(torch.randn(a_shape) if none_zero else torch.zeros(a_shape))
+        self.lora_embedding_B = nn.Parameter(torch.zeros(H, r) if both_zero else torch.randn(H, r))
+        self.scaling = alpha / r if scaling is None else scaling(alpha, r)
+        self.no_base = no_base
+
+    def forward(self, ids):
+        update = self.scaling * (nn.functional.embedding(ids, self.lora_embedding_A.T) @ self.lora_embedding_B.T)
+        return update if self.no_base else self.base(ids) + update
+
+
+EMBEDDING_MISTAKES = {
+    "both_zero": (dict(both_zero=True), "both factors start at zero"),
+    "none_zero": (dict(none_zero=True), "one factor must start at zero"),
+    "transposed": (dict(transposed=True), "a factor is transposed"),
+    "scaling_alpha": (dict(scaling=lambda alpha, r: alpha), "not α"),
+    "no_scaling": (dict(scaling=lambda alpha, r: 1.0), "forgot the scaling"),
+    "no_base": (dict(no_base=True), "at initialisation"),
+    "table_trainable": (dict(table_trainable=True), "freeze the table"),
+}
+
+
+def test_lora_embedding_reference_passes():
+    assert checks.check_lora_embedding(_Embedding)
+
+
+@pytest.mark.parametrize("mistake", EMBEDDING_MISTAKES)
+def test_lora_embedding_mistakes(mistake):
+    kwargs, hint = EMBEDDING_MISTAKES[mistake]
+    _fails_with(checks.check_lora_embedding, lambda base, r, alpha: _Embedding(base, r, alpha, **kwargs), hint)
