@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from . import __version__, config
-from .recipe import describe, frozen_digest
+from .recipe import describe, frozen_digest, tensor_bytes
 
 
 class Undescribable(Exception):
@@ -76,7 +76,7 @@ def model_digest(model: nn.Module) -> dict:
     for name, p in model.named_parameters():
         if p.requires_grad:
             trainable.update(name.encode())
-            trainable.update(_bytes(p))
+            trainable.update(tensor_bytes(p))
     return {"frozen": frozen_digest(model), "trainable": trainable.hexdigest()[:24],
             "adapters": {name: m.settings() for name, m in model.named_modules() if isinstance(m, LoRALinear)}}
 
@@ -92,12 +92,12 @@ def _describe_value(value):
     if isinstance(value, nn.Module):
         return model_digest(value)
     if torch.is_tensor(value):
-        return hashlib.sha256(_bytes(value)).hexdigest()[:24]
+        return hashlib.sha256(tensor_bytes(value)).hexdigest()[:24]
     if isinstance(value, dict) and all(torch.is_tensor(v) for v in value.values()):   # an adapter state
         h = hashlib.sha256()
         for k in sorted(value):
             h.update(k.encode())
-            h.update(_bytes(value[k]))
+            h.update(tensor_bytes(value[k]))
         return h.hexdigest()[:24]
     if isinstance(value, (list, tuple)):
         return [_describe_value(v) for v in value]
@@ -105,8 +105,3 @@ def _describe_value(value):
         return describe(value)
     except TypeError as err:
         raise Undescribable(str(err)) from err
-
-
-def _bytes(tensor: torch.Tensor) -> bytes:
-    t = tensor.detach().cpu().contiguous()
-    return f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes()

@@ -82,11 +82,17 @@ def frozen_digest(model: nn.Module) -> str:
         return stored[1]
     h = hashlib.sha256()
     for name, tensor in tensors:
-        h.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(name.encode())
+        h.update(tensor_bytes(tensor))
     digest = h.hexdigest()[:24]
     _FROZEN_DIGESTS[model] = (signature, digest)
     return digest
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's dtype, shape and raw bytes, for hashing (any dtype, any device)."""
+    t = tensor.detach().cpu().contiguous()
+    return f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def _qualname(obj) -> str:
