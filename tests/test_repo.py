@@ -52,9 +52,15 @@ def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make course" in readme and "make lab" in readme
     ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
-    assert ci[-1].strip() == "make test"
+    assert [line.strip() for line in ci[-2:]] == ["make test", "make test-browser"]
+    assert "make test-browser" in readme and "make site" in readme
     makefile = (ROOT / "Makefile").read_text()
-    assert "--nbval-lax" in makefile and "MINIBAYESLORA_SMOKE=1" in makefile and "notebooks solutions exercises" in makefile
+    test = re.search(r"^test: install\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert "MINIBAYESLORA_SMOKE=1 $(BIN)/jupyter nbconvert --to notebook --execute" in test and "$(LECTURES)" in test, \
+        "make test executes every lecture notebook in smoke mode"
+    assert re.search(r"^LECTURES := \$\(sort \$\(wildcard notebooks/\*\.ipynb\)\)$", makefile, re.M)
+    assert "--nbval-lax --nbval-current-env $(EXERCISE_DIRS)" in test and "EXERCISE_DIRS := solutions exercises" in makefile
+    assert "minibayeslora.site build/smoke" in test, "make test builds and checks the site from the smoke notebooks"
     assert re.search(r"MINIBAYESLORA_BACKBONE=smollm2 .*\n.*notebooks/02_mode_connectivity\.ipynb", makefile), \
         "make test runs notebook 02 on the SmolLM2 backbone"
 
