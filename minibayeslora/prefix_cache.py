@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -31,10 +30,10 @@ from safetensors.torch import load_file, save_file
 
 from . import config
 from .progress import progress_bar
+from .recipe import tensors_digest
 
 MEMORY_LIMIT_BYTES = int(float(os.environ.get("MINIBAYESLORA_PREFIX_MEMORY_MB", 2048)) * 2**20)
 _MEMORY: OrderedDict[str, "PrefixFeatures"] = OrderedDict()      # least recently used first
-_WEIGHT_HASHES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {(layer, length): (signature, sha256)}
 
 
 @dataclass
@@ -68,33 +67,17 @@ class PrefixFeatures:
         return self.hidden.numel() * self.hidden.element_size() + self.offsets.numel() * self.offsets.element_size()
 
 
-def _weights_hasher(model, start_layer: int, max_length: int):
-    """A sha256 that has read the key's header and the frozen weights (embeddings, layers 0..start_layer-1).
+def _fingerprint(model, start_layer: int, texts: list[str], max_length: int) -> str:
+    """Hash of everything the cached states depend on: frozen weights below the layer, texts, layer, length.
 
-    The weights are read and hashed once per model and setting; later calls copy the stored hasher. They are
-    hashed again only if one has changed: a tensor changed in place bumps its ``_version``, one replaced
-    (``.data = ...``, a reload) has another storage address, and either changes the signature checked here.
+    The weights' digest is remembered per model (``recipe.tensors_digest``): read once, again only after a change.
     """
     frozen = [model.embeddings] + list(model.layers[:start_layer])
     tensors = [(name, t) for module in frozen for name, t in sorted(module.state_dict(keep_vars=True).items())]
-    signature = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in tensors)
-    per_model = _WEIGHT_HASHES.setdefault(model, {})
-    stored = per_model.get((start_layer, max_length))
-    if stored is not None and stored[0] == signature:
-        return stored[1].copy()
     h = hashlib.sha256()
     h.update(json.dumps({"layer": start_layer, "max_length": max_length,
                          "model": getattr(model, "name", type(model).__name__)}).encode())
-    for name, tensor in tensors:
-        h.update(name.encode())
-        h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    per_model[start_layer, max_length] = (signature, h)
-    return h.copy()
-
-
-def _fingerprint(model, start_layer: int, texts: list[str], max_length: int) -> str:
-    """Hash of everything the cached states depend on: frozen weights, texts, layer, length."""
-    h = _weights_hasher(model, start_layer, max_length)
+    h.update(tensors_digest(model, ("prefix", start_layer), tensors).encode())
     for text in texts:
         h.update(text.encode())
         h.update(b"\0")
@@ -164,4 +147,3 @@ def _remember(key: str, features: PrefixFeatures) -> None:
 
 def clear_memory_cache() -> None:
     _MEMORY.clear()
-    _WEIGHT_HASHES.clear()

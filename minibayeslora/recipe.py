@@ -25,7 +25,7 @@ import weakref
 import torch
 from torch import nn
 
-_FROZEN_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # model -> (signature, hex digest)
+_DIGESTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # module -> {purpose: (signature, hex digest)}
 _MODEL_SETTINGS = ("name", "quantization", "label_names", "max_length", "prompt")
 
 
@@ -74,19 +74,26 @@ def model_recipe(model: nn.Module) -> dict:
 
 def frozen_digest(model: nn.Module) -> str:
     """sha256 over the names, dtypes, shapes and bytes of every frozen parameter and persistent buffer."""
-    tensors = [(name, t) for name, t in model.state_dict(keep_vars=True).items()
-               if not (isinstance(t, nn.Parameter) and t.requires_grad)]
+    return tensors_digest(model, "frozen", [(name, t) for name, t in model.state_dict(keep_vars=True).items()
+                                            if not (isinstance(t, nn.Parameter) and t.requires_grad)])
+
+
+def tensors_digest(owner: nn.Module, purpose, tensors: list[tuple[str, torch.Tensor]]) -> str:
+    """sha256 (24 hex digits) over ``tensors``' names, dtypes, shapes and bytes, remembered per ``owner`` and
+    ``purpose``: the bytes are read again only after a tensor changed. A tensor changed in place bumps its
+    ``_version``; one replaced (``.data = ...``, a reload) has another storage address; either changes the
+    signature checked here."""
     signature = tuple((name, t.data_ptr(), t._version, t.dtype, tuple(t.shape)) for name, t in tensors)
-    stored = _FROZEN_DIGESTS.get(model)
+    per_owner = _DIGESTS.setdefault(owner, {})
+    stored = per_owner.get(purpose)
     if stored is not None and stored[0] == signature:
         return stored[1]
     h = hashlib.sha256()
     for name, tensor in tensors:
         h.update(name.encode())
         h.update(tensor_bytes(tensor))
-    digest = h.hexdigest()[:24]
-    _FROZEN_DIGESTS[model] = (signature, digest)
-    return digest
+    per_owner[purpose] = (signature, h.hexdigest()[:24])
+    return per_owner[purpose][1]
 
 
 def tensor_bytes(tensor: torch.Tensor) -> bytes:

