@@ -66,6 +66,30 @@ WIDGET_WIDTH = 10.5   # inches: 1,050 px at the notebook's 100 dpi, unshrunk on 
 FONT = 9              # the smallest font in a widget's figure, in points
 
 
+def title_and_legend(ax, title: str, handles=None, ncol: int = 2, **legend_kw):
+    """``ax``'s title with its legend in a band between the title and the data.
+
+    A widget redraws with new data at every slider position, so a legend inside the axes would sooner or
+    later cover some; above the axes it never does. ``handles`` defaults to the axes' labelled artists.
+    """
+    handles = ax.get_legend_handles_labels()[0] if handles is None else handles
+    rows = -(-len(handles) // ncol)
+    ax.set_title(title, pad=6 + 1.6 * FONT * rows)
+    return ax.legend(handles, [h.get_label() for h in handles], fontsize=FONT, loc="lower left",
+                     bbox_to_anchor=(0.0, 1.0), ncol=ncol, frameon=False, borderaxespad=0.3, **legend_kw)
+
+
+def style_key(methods: list[str], groups: list[str], colors: list[str], styles: list[str]) -> list:
+    """Legend handles for curves coloured by method and styled by group ("o-", "s--", ...): one entry per
+    method and one per group instead of one per curve."""
+    from matplotlib.lines import Line2D
+
+    by_method = [Line2D([], [], color=colors[j % len(colors)], lw=2, label=m) for j, m in enumerate(methods)]
+    by_group = [Line2D([], [], color="grey", marker=styles[i % len(styles)][0], ls=styles[i % len(styles)][1:], label=g)
+                for i, g in enumerate(groups)]
+    return by_method + by_group
+
+
 @dataclass
 class CurveExplorer:
     """Everything the t-slider shows, precomputed once (so moving the slider costs no model call).
@@ -128,8 +152,8 @@ def plot_curve_explorer(explorer: CurveExplorer, t: float):
         twin.plot(path["t"], accs, ":", color="grey", label=f"{split} acc")
     twin.set_ylabel("accuracy (dotted)")
     along.axvline(t_now, color="k", lw=1)
-    along.set(xlabel="t", ylabel="NLL", title=f"Along the curve, t = {t_now:.2f}")
-    along.legend(fontsize=FONT, loc="upper left")
+    along.set(xlabel="t", ylabel="NLL")
+    title_and_legend(along, f"Along the curve, t = {t_now:.2f}")
     if explorer.plane is not None:
         plane, ax = explorer.plane, axes[1]
         contour = ax.contourf(plane["xs"], plane["ys"], plane["loss"], levels=15, cmap="viridis")
@@ -145,8 +169,8 @@ def plot_curve_explorer(explorer: CurveExplorer, t: float):
         bars.barh(np.arange(R) + (c - (C - 1) / 2) * height, explorer.probs[i, :, c], height=height, label=explorer.class_names[c])
     bars.set_yticks(np.arange(R), explorer.reviews, fontsize=FONT)
     bars.invert_yaxis()
-    bars.set(xlim=(0, 1), xlabel="p(class | review)", title="Predictive distribution at θ(t)")
-    bars.legend(fontsize=FONT, loc="lower right")
+    bars.set(xlim=(0, 1), xlabel="p(class | review)")
+    title_and_legend(bars, "Predictive distribution at θ(t)", ncol=C)
     return fig
 
 
@@ -221,9 +245,7 @@ def plot_points_explorer(explorer: PointsExplorer, k: int):
     left.set_yticks(range(n), explorer.names, fontsize=FONT)
     left.invert_yaxis()
     left.set(xlim=(0, 1), xlabel="p(positive): one dot per curve point, bar = average p̄")
-    left.set_title(f"k = {k} curve point{'s' if k != 1 else ''}", pad=20)   # room for the legend between title and data
-    left.legend(fontsize=FONT, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(3, len(methods)), frameon=False,
-                markerscale=0.5)
+    title_and_legend(left, f"k = {k} curve point{'s' if k != 1 else ''}", ncol=min(3, len(methods)), markerscale=0.5)
     styles = ["o-", "s--", "^:", "d-."]
     for j, (method, by_set) in enumerate(explorer.mean_mi.items()):
         for i, (set_name, values) in enumerate(by_set.items()):
@@ -231,8 +253,9 @@ def plot_points_explorer(explorer: PointsExplorer, k: int):
     right.axvline(k, color="k", lw=1)
     right.set_xscale("log", base=2)
     right.set_xticks(explorer.ks, [str(x) for x in explorer.ks])
-    right.set(xlabel="curve points k", ylabel="mean MI (nats)", title="Mean MI per set against k")
-    right.legend(fontsize=FONT)
+    right.set(xlabel="curve points k", ylabel="mean MI (nats)")
+    sets = list(dict.fromkeys(name for by_set in explorer.mean_mi.values() for name in by_set))
+    title_and_legend(right, "Mean MI per set against k", style_key(list(explorer.mean_mi), sets, colors, styles))
     return fig
 
 
@@ -323,10 +346,9 @@ def plot_threshold_sweep(sweep, threshold: float):
     twin.plot(sweep["threshold"], sweep["test ECE"], "s--", color="tab:orange", label="test ECE")
     twin.set_ylabel("ECE (dashed)")
     right.axvline(row["threshold"], color="k", lw=1)
-    right.set(xlabel="log α threshold (components with log α above it are pruned)", ylabel="accuracy",
-              title="Accuracy and calibration after pruning")
-    handles = right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    twin.legend(handles, [h.get_label() for h in handles], fontsize=FONT, loc="best")   # on the twin: drawn last, on top
+    right.set(xlabel="log α threshold (components with log α above it are pruned)", ylabel="accuracy")
+    title_and_legend(right, "Accuracy and calibration after pruning",
+                     right.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0])
     return fig
 
 

@@ -54,7 +54,7 @@ def plot_posterior_explorer(explorer: PosteriorExplorer, S: int, scale: float):
     from matplotlib.transforms import blended_transform_factory
 
     from .metrics import mutual_information
-    from .viz import FONT, WIDGET_WIDTH
+    from .viz import FONT, WIDGET_WIDTH, style_key, title_and_legend
 
     n, methods = len(explorer.names), list(explorer.draws)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -75,10 +75,8 @@ def plot_posterior_explorer(explorer: PosteriorExplorer, S: int, scale: float):
     left.set_yticks(range(n), explorer.names, fontsize=FONT)
     left.invert_yaxis()
     left.set(xlim=(0, 1), xlabel="p(positive): dots = posterior draws, bar = p̄")
-    left.set_title(f"S = {S} draws at {explorer.scales[int(np.abs(np.asarray(explorer.scales) - scale).argmin())]:g}× "
-                   "the posterior's noise", pad=20)   # room for the legend between title and data
-    left.legend(fontsize=FONT, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(3, len(methods)), frameon=False,
-                markerscale=0.5)
+    title_and_legend(left, f"S = {S} draws at {explorer.scales[int(np.abs(np.asarray(explorer.scales) - scale).argmin())]:g}× "
+                           "the posterior's noise", ncol=min(3, len(methods)), markerscale=0.5)
     kinds = explorer.kinds or ["chosen"] * n
     styles = ["o-", "s--", "^:", "d-."]
     for j, method in enumerate(methods):
@@ -87,9 +85,9 @@ def plot_posterior_explorer(explorer: PosteriorExplorer, S: int, scale: float):
             curve = [mutual_information(explorer.draws[method][i, :S][:, rows]).mean().item() for i in range(len(explorer.scales))]
             right.plot(explorer.scales, curve, styles[g % len(styles)], color=colors[j % len(colors)], label=f"{method}, {kind}")
     right.axvline(scale, color="k", lw=1)
-    right.set(xlabel="posterior noise scale (0 = LoRA, 1 = as trained)", ylabel="mean MI (nats)", title=f"MI against the scale, S = {S}")
+    right.set(xlabel="posterior noise scale (0 = LoRA, 1 = as trained)", ylabel="mean MI (nats)")
     right.set_ylim(bottom=0)
-    right.legend(fontsize=FONT)
+    title_and_legend(right, f"MI against the scale, S = {S}", style_key(methods, list(dict.fromkeys(kinds)), colors, styles))
     return fig
 
 

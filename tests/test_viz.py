@@ -271,3 +271,23 @@ def test_threshold_sweep_right_panel_has_a_legend_for_both_axes():
     legends = [ax.get_legend() for ax in fig.axes[1:] if ax.get_legend() is not None]      # the right panel and its twin
     labels = [t.get_text() for t in legends[0].get_texts()]
     assert labels == ["test accuracy", "test ECE"]
+
+
+@pytest.mark.parametrize("name", list(WIDGET_FIGURES))
+def test_widget_legends_never_cover_data(name):
+    """A widget redraws with new data at every slider position, so no legend may sit where data can be drawn:
+    every legend's box lies outside every data area (the axes, colorbars aside) of the figure."""
+    import matplotlib.pyplot as plt
+
+    fig = WIDGET_FIGURES[name]()
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    areas = [ax.get_window_extent(renderer) for ax in fig.axes if not hasattr(ax, "_colorbar")]
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None] + list(fig.legends)
+    assert legends, f"{name}: no legend"
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        covered = [area for area in areas if box.x0 < area.x1 - 1 and box.x1 > area.x0 + 1
+                   and box.y0 < area.y1 - 1 and box.y1 > area.y0 + 1]
+        assert not covered, f"{name}: the legend {[t.get_text() for t in legend.get_texts()]} lies over a data area"
+    plt.close(fig)
