@@ -55,7 +55,10 @@ def lab(tmp_path_factory):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     token = secrets.token_hex(16)
+    # A workspace of its own: JupyterLab reopens the tabs of the last session (the user's, or the previous notebook's)
+    # and their cells would be counted and run with this notebook's.
     env = {**os.environ, "MINIBAYESLORA_SMOKE": "1", "JUPYTERLAB_SETTINGS_DIR": str(settings),
+           "JUPYTERLAB_WORKSPACES_DIR": str(root / ".workspaces"),
            "MINIBAYESLORA_FIGURES": str(root / "figures")}
     log = open(root / "server.log", "w")
     server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ip=127.0.0.1",
@@ -94,11 +97,31 @@ def browser():
         chromium.close()
 
 
-def _run_all(page, timeout_s: float = 1200) -> float:
+def _current(page):
+    """The notebook in the visible tab: hidden tabs keep their cells in the page."""
+    return page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+
+
+def _shutdown_kernels(url: str, token: str) -> None:
+    """Stop every kernel of the server, so that one notebook's kernel does not hold memory while the next runs."""
+    headers = {"Authorization": f"token {token}"}
+    with urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels", headers=headers), timeout=10) as response:
+        kernels = json.load(response)
+    for kernel in kernels:
+        urllib.request.urlopen(urllib.request.Request(f"{url}/api/kernels/{kernel['id']}", method="DELETE",
+                                                      headers=headers), timeout=30)
+
+
+def _run_all(page, name: str, timeout_s: float = 1200) -> float:
     page.get_by_text("Kernel status: Idle").first.wait_for(state="attached", timeout=120_000)   # the kernel is up
-    start, clicked, started = time.time(), -1e9, False
+    start, clicked, started, reported = time.time(), -1e9, False, time.time()
     while True:   # done when every code cell shows an execution count, or a cell failed and nothing runs
-        prompts = [p.strip() for p in page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
+        prompts = [p.strip() for p in _current(page).locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()]
+        if time.time() - reported > 60:   # progress in the log, and a picture of where it is
+            done = sum(any(ch.isdigit() for ch in p) for p in prompts)
+            print(f"{name}: {time.time() - start:.0f} s, {done}/{len(prompts)} code cells run, prompts {prompts}", flush=True)
+            page.screenshot(path=str(SHOTS / f"{name.removesuffix('.ipynb')}_progress.png"))
+            reported = time.time()
         running = any("*" in p for p in prompts)
         started = started or running or any(any(ch.isdigit() for ch in p) for p in prompts)
         if not started and time.time() - clicked > 30:      # Run > Run All Cells, again if the first click went unheard
@@ -107,7 +130,7 @@ def _run_all(page, timeout_s: float = 1200) -> float:
             clicked = time.time()
         if prompts and all(any(ch.isdigit() for ch in p) for p in prompts):
             return time.time() - start
-        if not running and page.locator(ERROR_OUTPUT).count():
+        if not running and _current(page).locator(ERROR_OUTPUT).count():
             return time.time() - start
         assert time.time() - start < timeout_s, f"the notebook did not finish: {prompts}"
         page.wait_for_timeout(1000)
@@ -117,21 +140,31 @@ def _image(widget):
     return widget.locator(".widget-output img, .jp-OutputArea-output img")
 
 
+@pytest.fixture
+def page(lab, browser):
+    """A 1366×768 page; afterwards (passed or failed) the page is closed and the server's kernels stopped."""
+    page = browser.new_page(viewport={"width": 1366, "height": 768})
+    try:
+        yield page
+    finally:
+        page.close()
+        _shutdown_kernels(*lab)
+
+
 @pytest.mark.parametrize("name", WIDGET_NOTEBOOKS)
-def test_widgets_run_redraw_and_survive_a_reload(lab, browser, name):
+def test_widgets_run_redraw_and_survive_a_reload(lab, page, name):
     url, token = lab
     SHOTS.mkdir(parents=True, exist_ok=True)
-    page = browser.new_page(viewport={"width": 1366, "height": 768})
     console_errors, failed = [], []
     page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
     page.on("requestfailed", lambda r: failed.append(r.url))
-    page.goto(f"{url}/lab/tree/{name}?token={token}")
+    page.goto(f"{url}/lab/tree/{name}?reset&token={token}")   # reset: no tab but this notebook
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=120_000)
-    seconds = _run_all(page)
-    errors = page.locator(ERROR_OUTPUT)
+    seconds = _run_all(page, name)
+    errors = _current(page).locator(ERROR_OUTPUT)
     assert errors.count() == 0, f"{name}: a cell failed: {errors.first.inner_text()[:1000]}"
 
-    widgets = page.locator(".widget-interact")
+    widgets = _current(page).locator(".widget-interact")
     assert widgets.count() >= 1, f"{name}: no widget was displayed"
     redraws = []
     for i in range(widgets.count()):
@@ -158,7 +191,7 @@ def test_widgets_run_redraw_and_survive_a_reload(lab, browser, name):
 
     # Save, as a reader would, and reload the page: the saved outputs refer to widget models, which the running
     # kernel must still hold (a progress bar closed during the run would show "model not found" here).
-    page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+    _current(page).locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
     page.keyboard.press("Control+s")
     page.wait_for_timeout(3000)
     page.reload()
@@ -174,4 +207,3 @@ def test_widgets_run_redraw_and_survive_a_reload(lab, browser, name):
     others = [m for m in console_errors if m not in resource_errors]
     assert not others and len(resource_errors) <= len(failed), f"{name}: console errors {others or resource_errors}"
     print(f"{name}: ran in {seconds:.0f} s; redraws {', '.join(f'{r:.2f}' for r in redraws)} s")
-    page.close()
