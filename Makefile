@@ -30,7 +30,7 @@ install: $(STAMP)
 # notebooks, checked for one page per notebook and no broken internal link.
 # pytest exits non-zero when it collects no test, so an empty run fails.
 test: install
-	$(BIN)/python -m pytest tests/
+	$(BIN)/python -m pytest --durations=15 tests/
 	rm -rf build/smoke
 	MINIBAYESLORA_SMOKE=1 $(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=1800 \
 		--output-dir build/smoke $(LECTURES)
