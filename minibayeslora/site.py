@@ -50,7 +50,8 @@ def _slider_positions(models: list[dict]) -> str:
         s = model["state"]
         labels = s.get("_options_labels")
         if labels and isinstance(s.get("index"), int) and 0 <= s["index"] < len(labels):
-            parts.append(f"{s.get('description') or 'value'} = {labels[s['index']]}")
+            name = (s.get("description") or "value").strip()
+            parts.append(f"{name}{' ' if name[-1] in '≤≥<>=' else ' = '}{labels[s['index']]}")   # "log α ≤ 3", "t = 0.50"
     return ", ".join(parts)
 
 

@@ -130,3 +130,12 @@ def test_progress_bar_writes_text_to_stdout_and_erases_itself(capsys):
     assert "counting" in out and out.endswith("\r")     # drawn, then erased (leave=False)
     list(progress_bar(range(3), desc="kept", leave=True))
     assert "3/3" in capsys.readouterr().out
+
+
+def test_the_browser_test_opens_every_notebook_with_a_widget():
+    with_widget = sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")
+                         if re.search(r"widgets\.interact|_widget\(", "".join(c.source for c in nbformat.read(p, as_version=4).cells
+                                                                              if c.cell_type == "code")))
+    source = (ROOT / "tests_browser" / "test_widgets_in_a_browser.py").read_text()
+    listed = re.findall(r'"(\d\d_[a-z_]+\.ipynb)"', re.search(r"WIDGET_NOTEBOOKS = \[(.*?)\]", source, re.S).group(1))
+    assert sorted(listed) == with_widget

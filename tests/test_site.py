@@ -51,6 +51,12 @@ def test_a_widget_becomes_the_figure_it_drew(executed):
     assert "widgets" not in nb.metadata, "no widget state: a slider that moves nothing would mislead"
 
 
+def test_a_caption_reads_like_the_slider():
+    state = {"s": {"model_name": "SelectionSliderModel", "state": {"description": "log α ≤", "_options_labels": ["2", "3"], "index": 1}},
+             "t": {"model_name": "SelectionSliderModel", "state": {"description": "t", "_options_labels": ["0.50"], "index": 0}}}
+    assert site._slider_positions([state["s"], state["t"]]) == "log α ≤ 3, t = 0.50"
+
+
 def test_links_between_notebooks_stay_on_the_site_others_go_to_github():
     page = ('<a href="03_bezier_curves.ipynb#Part">x</a> <a href="../exercises/03_ex.ipynb">y</a> '
             '<a href="#local">z</a> <a href="https://arxiv.org">w</a> <img src="figures/a.png">')
