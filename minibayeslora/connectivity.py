@@ -121,26 +121,37 @@ def delta_space_state(model: torch.nn.Module, a: dict[str, torch.Tensor], b: dic
 
 
 @torch.no_grad()
-def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int | None = None) -> dict[str, list[float]]:
+def evaluate_path(model: torch.nn.Module, state_at, data, ts, batch_size: int | None = None,
+                  cache: bool = True) -> dict[str, list[float]]:
     """Loss (mean NLL) and accuracy of ``model`` at ``state_at(t)`` for each t, on a ClassificationData.
 
     ``state_at(t)`` returns a dict of tensors that replace the model's own (``functional_call``).
+    With ``cache`` (default) the result is stored on disk and a later identical evaluation loads it
+    (``prediction_cache.path_key``: the model's tensors and settings, the states at every t, the data).
     """
     import torch.nn.functional as F
     from torch.func import functional_call
 
+    from . import prediction_cache
     from .train import batched_logits, eval_mode
 
+    states = [state_at(float(t)) for t in ts]
+    key = prediction_cache.path_key(model, ts, states, data, batch_size) if cache else None
+    if key is not None and (cached := prediction_cache.load_json(key)) is not None:
+        return cached
     nll, acc = [], []
     device = config.model_device(model)
     with eval_mode(model):
-        for t in ts:
-            state = {name: tensor.to(device) for name, tensor in state_at(float(t)).items()}
+        for state in states:
+            state = {name: tensor.to(device) for name, tensor in state.items()}
             logits = batched_logits(lambda inputs: functional_call(model, state, args=(), kwargs=inputs, strict=False),
                                     data, batch_size)
             nll.append(F.cross_entropy(logits, data.labels).item())
             acc.append((logits.argmax(1) == data.labels).float().mean().item())
-    return {"t": [float(t) for t in ts], "nll": nll, "acc": acc}
+    result = {"t": [float(t) for t in ts], "nll": nll, "acc": acc}
+    if key is not None:
+        prediction_cache.store_json(key, result)
+    return result
 
 
 @torch.no_grad()

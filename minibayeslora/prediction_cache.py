@@ -1,4 +1,4 @@
-"""A disk cache for predictive samples, so a re-run notebook does not repeat its evaluations.
+"""A disk cache for predictive samples and path evaluations, so a re-run notebook does not repeat its evaluations.
 
 ``sample_probabilities(method, data, S)`` stores its (S, N, C) result as safetensors under
 ``cache_dir()/predictions``, keyed by a hash of everything the samples depend on:
@@ -12,6 +12,11 @@
 
 A method that holds something this module cannot describe, or that is not one of the package's own
 classes (a class written in a notebook may change between runs), is simply not cached.
+
+``connectivity.evaluate_path`` stores its losses and accuracies along a path as JSON under
+``cache_dir()/paths``, keyed by the model (as above), the t grid and a hash of the adapter state at every t, the data
+and the batch size; a model with a module class from outside the package and the libraries it builds on (a layer
+written in a notebook) is not cached.
 """
 
 from __future__ import annotations
@@ -48,6 +53,38 @@ def method_key(method, data, S: int, batch_size: int) -> str | None:
     key = {"method": described, "data": data.fingerprint(), "S": S, "batch_size": batch_size, "device": device,
            "version": __version__}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+TRUSTED_MODULES = ("minibayeslora.", "torch.", "transformers.", "peft.", "bitsandbytes.")
+
+
+def path_key(model: nn.Module, ts, states: list[dict], data, batch_size) -> str | None:
+    """The cache key of ``evaluate_path`` at these states, or None if the model runs code from outside the package."""
+    if not all(type(m).__module__.startswith(TRUSTED_MODULES) for m in model.modules()):
+        return None
+    try:
+        described = {"model": model_digest(model), "states": [_describe_value(state) for state in states]}
+    except Undescribable:
+        return None
+    key = {"path": described, "ts": [float(t) for t in ts], "data": data.fingerprint(), "batch_size": batch_size,
+           "device": config.model_device(model).type, "version": __version__}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def load_json(key: str) -> dict | None:
+    path = config.cache_dir("paths") / f"{key}.json"
+    try:
+        return json.loads(path.read_text()) if path.exists() else None
+    except ValueError:      # a truncated file: recompute rather than fail
+        print(f"Ignoring unreadable path cache {path.name}; recomputing.")
+        return None
+
+
+def store_json(key: str, result: dict) -> None:
+    path = config.cache_dir("paths") / f"{key}.json"
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(result))
+    os.replace(tmp, path)
 
 
 def load(key: str) -> torch.Tensor | None:

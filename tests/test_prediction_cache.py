@@ -73,3 +73,40 @@ def test_a_method_written_outside_the_package_is_never_cached(lrvd_model, task, 
     assert prediction_cache.method_key(MyMAP(lrvd_model), data, 1, 5) is None
     sample_probabilities(MyMAP(lrvd_model), data, S=1)
     assert not list((isolated_cache / "predictions").glob("*"))
+
+
+def test_a_path_evaluation_is_cached_until_anything_it_depends_on_changes(lrvd_model, task, isolated_cache, monkeypatch):
+    from minibayeslora import connectivity, train
+    from minibayeslora.lora import adapter_state
+
+    data = make_data(lrvd_model, task.val.subset(10, seed=0))
+    a = adapter_state(lrvd_model)
+    b = {k: v + 0.05 * torch.randn_like(v) for k, v in a.items()}
+    line = lambda t: connectivity.lerp_states(a, b, t)   # noqa: E731
+    ts = [0.0, 0.5, 1.0]
+    first = connectivity.evaluate_path(lrvd_model, line, data, ts, batch_size=4)
+    assert len(list((isolated_cache / "paths").glob("*.json"))) == 1
+    assert connectivity.evaluate_path(lrvd_model, line, data, ts, batch_size=4, cache=False) == first   # exactly
+    with monkeypatch.context() as patch:
+        patch.setattr(train, "batched_logits", lambda *a, **k: pytest.fail("evaluated although the result is cached"))
+        assert connectivity.evaluate_path(lrvd_model, line, data, ts, batch_size=4) == first
+
+    def key(model=lrvd_model, ts=ts, states=None, data=data):
+        return prediction_cache.path_key(model, ts, states or [line(t) for t in ts], data, 4)
+
+    base = key()
+    different = {"ts": key(ts=[0.0, 0.25, 1.0]), "a state": key(states=[line(t) for t in ts[:-1]] + [a]),
+                 "data": key(data=make_data(lrvd_model, task.val.subset(10, seed=1)))}
+    with torch.no_grad():
+        lrvd_model.encoder.encoder.layer[5].output.dense.weight[0, 0] += 0.1       # a frozen tensor
+    different["frozen tensor"] = key()
+    assert len(set(different.values()) | {base}) == len(different) + 1, different
+
+
+def test_a_model_running_a_layer_written_outside_the_package_is_not_cached(lrvd_model, task, isolated_cache):
+    class Custom(torch.nn.Identity):   # a layer a student writes in a notebook: its code may change between runs
+        pass
+
+    data = make_data(lrvd_model, task.val.subset(4, seed=0))
+    lrvd_model.add_module("student_layer", Custom())
+    assert prediction_cache.path_key(lrvd_model, [0.0], [{}], data, 4) is None
