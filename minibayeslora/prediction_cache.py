@@ -52,7 +52,7 @@ def method_key(method, data, S: int, batch_size: int) -> str | None:
     device = next((config.model_device(v).type for v in vars(method).values() if isinstance(v, nn.Module)), "cpu")
     key = {"method": described, "data": data.fingerprint(), "S": S, "batch_size": batch_size, "device": device,
            "version": __version__}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return _hash(key)
 
 
 TRUSTED_MODULES = ("minibayeslora.", "torch.", "transformers.", "peft.", "bitsandbytes.")
@@ -68,7 +68,7 @@ def path_key(model: nn.Module, ts, states: list[dict], data, batch_size) -> str 
         return None
     key = {"path": described, "ts": [float(t) for t in ts], "data": data.fingerprint(), "batch_size": batch_size,
            "device": config.model_device(model).type, "version": __version__}
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return _hash(key)
 
 
 def load_json(key: str) -> dict | None:
@@ -81,10 +81,18 @@ def load_json(key: str) -> dict | None:
 
 
 def store_json(key: str, result: dict) -> None:
-    path = config.cache_dir("paths") / f"{key}.json"
+    _write_atomically(config.cache_dir("paths") / f"{key}.json", lambda tmp: tmp.write_text(json.dumps(result)))
+
+
+def _write_atomically(path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it: a reader never sees half a file."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(result))
+    write(tmp)
     os.replace(tmp, path)
+
+
+def _hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def load(key: str) -> torch.Tensor | None:
@@ -99,10 +107,8 @@ def load(key: str) -> torch.Tensor | None:
 
 
 def store(key: str, samples: torch.Tensor) -> None:
-    path = config.cache_dir("predictions") / f"{key}.safetensors"
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file({"samples": samples.contiguous()}, str(tmp))
-    os.replace(tmp, path)
+    _write_atomically(config.cache_dir("predictions") / f"{key}.safetensors",
+                      lambda tmp: save_file({"samples": samples.contiguous()}, str(tmp)))
 
 
 def model_digest(model: nn.Module) -> dict:
