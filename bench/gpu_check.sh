@@ -11,7 +11,8 @@
 #   bash .device/run.sh bash bench/gpu_check.sh [notebook]      # an offline GPU machine (see README: GPU check)
 #
 # PARTS="tests smoke" (default "tests benches smoke gpu-notebook") runs some parts only; SMOKE="notebooks/03*.ipynb"
-# narrows the smoke run; GPU_NOTEBOOK_LIMIT (default 150) is the gpu-profile notebook's limit in seconds.
+# narrows the smoke run; TESTS_LIMIT (120), BENCHES_LIMIT (120), SMOKE_LIMIT (150) and GPU_NOTEBOOK_LIMIT (150)
+# are the parts' limits in seconds.
 set -u
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$([[ -x .venv/bin/python ]] && echo .venv/bin/python || command -v python3)}
@@ -52,7 +53,7 @@ summary_of() {
   esac
 }
 
-wanted tests && part tests 120 "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider -rs
+wanted tests && part tests "${TESTS_LIMIT:-120}" "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider -rs
 
 benches() {
   for bench in bma bayes_step curve_step lora_overhead lrvd_step prefix_cache; do
@@ -62,7 +63,7 @@ benches() {
 }
 export -f benches
 export PY
-wanted benches && part benches 120 bash -c benches
+wanted benches && part benches "${BENCHES_LIMIT:-120}" bash -c benches
 
 # notebooks that need an asset the machine lacks are left out of the smoke run, with the reason
 SMOKE_NOTEBOOKS=()
@@ -76,7 +77,7 @@ for nb in ${SMOKE:-notebooks/*.ipynb}; do
     SMOKE_NOTEBOOKS+=("$nb")
   fi
 done
-wanted smoke && part notebooks-smoke 150 env MINIBAYESLORA_SMOKE=1 "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax \
+wanted smoke && part notebooks-smoke "${SMOKE_LIMIT:-150}" env MINIBAYESLORA_SMOKE=1 "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax \
   --nbval-current-env "${SMOKE_NOTEBOOKS[@]}"
 wanted gpu-notebook && part notebook-gpu "${GPU_NOTEBOOK_LIMIT:-150}" env -u MINIBAYESLORA_SMOKE MINIBAYESLORA_PROFILE=gpu \
   "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax --nbval-current-env --durations=0 -v "$NOTEBOOK"
