@@ -116,6 +116,10 @@ class SentenceClassifier(_PrefixEntry):
                              max_length=max_length or self.max_length, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
+    def text_lengths(self, texts: list[str]) -> tuple[list[int], int]:
+        """Each text's length in tokens as ``tokenize`` counts it, and how many fit (``max_length``)."""
+        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]], self.max_length
+
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token + position embeddings: (N, L) -> (N, L, H)."""
         return self.encoder.embeddings(input_ids=input_ids)
@@ -191,11 +195,19 @@ class DecoderClassifier(_PrefixEntry):
         """Texts -> prompts -> ``{"input_ids", "attention_mask"}``; long reviews are cut, never the prompt's end."""
         if isinstance(texts, str):
             texts = [texts]
-        max_length = max_length or self.max_length
-        room = max(8, max_length - len(self.tokenizer(self.prompt.format(text=""))["input_ids"]))
+        room = self._text_room(max_length or self.max_length)
         clipped = [self.tokenizer.decode(self.tokenizer(t, add_special_tokens=False)["input_ids"][:room]) for t in texts]
         enc = self.tokenizer([self.prompt.format(text=t) for t in clipped], padding=True, return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def _text_room(self, max_length: int) -> int:
+        """Tokens left for the review once the prompt around it is counted (at least 8)."""
+        return max(8, max_length - len(self.tokenizer(self.prompt.format(text=""))["input_ids"]))
+
+    def text_lengths(self, texts: list[str]) -> tuple[list[int], int]:
+        """Each review's length in tokens (prompt excluded), and how many fit inside the prompt."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [len(i) for i in ids], self._text_room(self.max_length)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings (N, L) -> (N, L, H); positions enter each block as rotary embeddings."""

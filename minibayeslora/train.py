@@ -114,8 +114,39 @@ def first_adapted_layer(model) -> int:
     return min(indices)
 
 
+#: ``make_data`` warns when the model's ``max_length`` cuts more than this share of a dataset's texts.
+TRUNCATION_WARNING = 0.05
+_truncation_checked: dict[tuple, float] = {}
+
+
+def truncated_share(model, texts) -> tuple[float, float]:
+    """(share of ``texts`` that ``model.tokenize`` cuts at its ``max_length``, median length in tokens)."""
+    if not hasattr(model, "text_lengths") or not len(texts):
+        return 0.0, 0.0
+    lengths, room = model.text_lengths(texts)
+    lengths = torch.tensor(lengths, dtype=torch.float)
+    return (lengths > room).float().mean().item(), lengths.median().item()
+
+
+def _warn_if_truncated(model, texts, labels) -> None:
+    key = (id(getattr(model, "tokenizer", None)), getattr(model, "max_length", None), _hash_texts(texts, labels))
+    if key in _truncation_checked:
+        return
+    share, median = truncated_share(model, texts)
+    _truncation_checked[key] = share
+    if share > TRUNCATION_WARNING:
+        warnings.warn(f"make_data: {share:.0%} of these {len(texts)} texts are longer than the model's "
+                      f"max_length={model.max_length} tokens and lose their end (median length {median:.0f} tokens); "
+                      f"load the backbone with a larger max_length, e.g. load_backbone(..., max_length=256).",
+                      stacklevel=3)
+
+
 def make_data(model, split, use_prefix_cache: bool = True) -> ClassificationData:
-    """A split (``.texts``, ``.labels``) as training data; cached prefix where the model allows it."""
+    """A split (``.texts``, ``.labels``) as training data; cached prefix where the model allows it.
+
+    Warns when the model's ``max_length`` cuts more than 5 % of the texts (``truncated_share``).
+    """
+    _warn_if_truncated(model, split.texts, torch.as_tensor(split.labels, dtype=torch.long))
     start = first_adapted_layer(model) if use_prefix_cache and getattr(model, "supports_prefix", False) else 0
     if start > 0:
         return PrefixData(model, split.texts, split.labels, start)
