@@ -167,6 +167,25 @@ class TrainConfig:
     schedule: str = "constant"  # or "cosine": lr decays to 0 along a half cosine after the warm-up
     param_lr: dict = field(default_factory=dict)  # {name suffix: lr}, e.g. {"log_alpha": 3e-2}; no weight decay there
 
+    @classmethod
+    def for_data(cls, n_train: int, epochs: float = 1.0, batch_size: int = 32, evals_per_epoch: int = 4,
+                 warmup_fraction: float = 0.1, **settings) -> "TrainConfig":
+        """A recipe in epochs rather than steps, so that it transfers between data sets of different sizes.
+
+        steps = ⌈epochs · n_train / batch_size⌉; the validation set is checked ``evals_per_epoch`` times per
+        epoch (so keep-best can catch a good step on a small data set, where a step count tuned on a large one
+        over-fits between two checks); the warm-up is ``warmup_fraction`` of the steps. Other fields pass
+        through ``settings`` (``lr``, ``schedule``, ``seed`` ...).
+        """
+        if n_train < 1 or not epochs > 0 or batch_size < 1 or evals_per_epoch < 1 or not 0 <= warmup_fraction < 1:
+            raise ValueError(f"for_data needs n_train ≥ 1, epochs > 0, batch_size ≥ 1, evals_per_epoch ≥ 1 and "
+                             f"0 ≤ warmup_fraction < 1; got {n_train}, {epochs}, {batch_size}, {evals_per_epoch}, "
+                             f"{warmup_fraction}.")
+        steps_per_epoch = math.ceil(n_train / batch_size)
+        steps = math.ceil(epochs * n_train / batch_size)
+        return cls(steps=steps, batch_size=batch_size, eval_every=max(1, steps_per_epoch // evals_per_epoch),
+                   warmup_steps=round(warmup_fraction * steps), **settings)
+
     def lr_factor(self, step: int) -> float:
         """Multiplier of ``lr`` at optimizer step ``step`` (0-based): linear warm-up, then constant or cosine."""
         if step < self.warmup_steps:

@@ -169,3 +169,18 @@ def test_the_cache_key_names_the_backbone(small, isolated_cache):
     minilm_path = _cache_path(_recipe(model, cross_entropy), data, None, cfg, {"seed": 0})
     model.name = "someone/minilm-variant"
     assert _cache_path(_recipe(model, cross_entropy), data, None, cfg, {"seed": 0}) != minilm_path
+
+
+def test_recipe_in_epochs_scales_with_the_data():
+    small_data = TrainConfig.for_data(622, epochs=3, batch_size=32, lr=1e-3, schedule="cosine")
+    assert (small_data.steps, small_data.eval_every, small_data.warmup_steps) == (59, 5, 6)
+    assert small_data.lr == 1e-3 and small_data.schedule == "cosine"
+    # the course's one-epoch recipe on Rotten Tomatoes' 8,929 training reviews: about its 300 steps
+    rt = TrainConfig.for_data(8929, epochs=1, batch_size=32, evals_per_epoch=6)
+    assert rt.steps == 280 and rt.eval_every == 46
+    # the batches of an epoch cover each example once before any repeats (steps · batch ≥ n)
+    for n in (1, 31, 32, 33, 500):
+        cfg = TrainConfig.for_data(n, epochs=1, batch_size=32)
+        assert cfg.steps * cfg.batch_size >= n > (cfg.steps - 1) * cfg.batch_size and cfg.eval_every >= 1
+    with pytest.raises(ValueError, match="epochs > 0"):
+        TrainConfig.for_data(100, epochs=0)
