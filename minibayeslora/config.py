@@ -127,3 +127,18 @@ def cache_dir(*parts: str) -> Path:
     path = Path(root).expanduser().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_atomically(path, write) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    A reader (another process, or the next run after an interrupted one) finds the old file or the whole new
+    one, never half of one; a write that fails leaves no temporary file behind.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -81,14 +80,7 @@ def load_json(key: str) -> dict | None:
 
 
 def store_json(key: str, result: dict) -> None:
-    _write_atomically(config.cache_dir("paths") / f"{key}.json", lambda tmp: tmp.write_text(json.dumps(result)))
-
-
-def _write_atomically(path, write) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it: a reader never sees half a file."""
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    config.write_atomically(config.cache_dir("paths") / f"{key}.json", lambda tmp: tmp.write_text(json.dumps(result)))
 
 
 def _hash(key: dict) -> str:
@@ -107,8 +99,8 @@ def load(key: str) -> torch.Tensor | None:
 
 
 def store(key: str, samples: torch.Tensor) -> None:
-    _write_atomically(config.cache_dir("predictions") / f"{key}.safetensors",
-                      lambda tmp: save_file({"samples": samples.contiguous()}, str(tmp)))
+    config.write_atomically(config.cache_dir("predictions") / f"{key}.safetensors",
+                            lambda tmp: save_file({"samples": samples.contiguous()}, str(tmp)))
 
 
 def model_digest(model: nn.Module) -> dict:

@@ -131,9 +131,8 @@ def prefix_features(model, texts: list[str], start_layer: int, max_length: int |
     if features is None:
         features = compute_prefix(model, texts, start_layer, max_length, progress=progress)
         if disk:
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            save_file({"hidden": features.hidden.contiguous(), "offsets": features.offsets}, str(tmp))
-            os.replace(tmp, path)
+            config.write_atomically(path, lambda tmp: save_file(
+                {"hidden": features.hidden.contiguous(), "offsets": features.offsets}, str(tmp)))
     _remember(key, features)
     return features
 

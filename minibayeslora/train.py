@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import time
 import warnings
 from contextlib import contextmanager
@@ -386,9 +385,6 @@ def _load(path, model) -> History | None:
 
 def _save(path, model_or_state, history: History) -> None:
     weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    suffix = f".tmp{os.getpid()}"
     state = model_or_state if isinstance(model_or_state, dict) else adapter_state(model_or_state)
-    save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(weights) + suffix)
-    os.replace(str(weights) + suffix, weights)
-    (meta.parent / (meta.name + suffix)).write_text(json.dumps({"history": history.to_json()}, indent=1))
-    os.replace(meta.parent / (meta.name + suffix), meta)
+    config.write_atomically(weights, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp)))
+    config.write_atomically(meta, lambda tmp: tmp.write_text(json.dumps({"history": history.to_json()}, indent=1)))

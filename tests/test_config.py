@@ -82,3 +82,21 @@ def test_private_rng_seeds_inside_and_restores_outside():
     assert torch.equal(torch.rand(4), expected_after), "the caller's stream moved"
     torch.manual_seed(0)
     assert torch.equal(inside, torch.rand(4)), "the block's draws are those of seed 0"
+
+
+def test_write_atomically_replaces_whole_files_and_cleans_up(tmp_path):
+    import pytest
+
+    target = tmp_path / "state.json"
+    target.write_text("old")
+
+    def interrupted(tmp):
+        tmp.write_text("half of the new")
+        raise KeyboardInterrupt   # as if the reader pressed stop mid-write
+
+    with pytest.raises(KeyboardInterrupt):
+        config.write_atomically(target, interrupted)
+    assert target.read_text() == "old", "an interrupted write leaves the old file whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"], "and no temporary file behind"
+    config.write_atomically(target, lambda tmp: tmp.write_text("new"))
+    assert target.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["state.json"]
