@@ -143,6 +143,12 @@ class LaplaceLoRA:
         """The diagonal of Σ, (P,), in the order of the model's trainable parameters."""
         return self.posterior.posterior_variance.detach().cpu()
 
+    def cache_description(self) -> dict:
+        """What the samples depend on, for the prediction cache (the laplace-torch object itself is not describable)."""
+        return {"model": self.model, "mean": self.posterior.mean.detach(),
+                "precision": self.posterior.posterior_precision.detach(),
+                "prior_precision": self.posterior.prior_precision.detach(), "cfg": self.cfg, "seed": self.seed}
+
     @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int) -> torch.Tensor:
         if S < 1:

@@ -10,8 +10,9 @@
 - the data (texts, labels, cached-prefix layer), S, the batch size (noise is drawn per batch), the
   device type (CPU and CUDA draw different random numbers) and the package version.
 
-A method that holds something this module cannot describe, or that is not one of the package's own
-classes (a class written in a notebook may change between runs), is simply not cached.
+A method may instead list what its samples depend on in ``cache_description()`` (Laplace-LoRA: the model, the
+posterior's mean, precision and prior precision, its settings and seed). A method that holds something this
+module cannot describe, or that is not one of the package's own classes (a class written in a notebook may change between runs), is simply not cached.
 
 ``connectivity.evaluate_path`` stores its losses and accuracies along a path as JSON under
 ``cache_dir()/paths``, keyed by the model (as above), the t grid and a hash of the adapter state at every t, the data
@@ -118,7 +119,9 @@ def model_digest(model: nn.Module) -> dict:
 
 def _describe_method(method) -> dict:
     out = {"class": f"{type(method).__module__}.{type(method).__qualname__}"}
-    for name, value in sorted(vars(method).items()):
+    # a method holding an object from another library says itself what its samples depend on
+    items = method.cache_description() if hasattr(method, "cache_description") else vars(method)
+    for name, value in sorted(items.items()):
         out[name] = _describe_value(value)
     return out
 
