@@ -128,7 +128,9 @@ def truncated_share(model, texts) -> tuple[float, float]:
 
 
 def _warn_if_truncated(model, texts, labels) -> None:
-    key = (id(getattr(model, "tokenizer", None)), getattr(model, "max_length", None), _hash_texts(texts, labels))
+    tokenizer = getattr(model, "tokenizer", None)
+    key = (type(model).__name__, getattr(tokenizer, "name_or_path", type(tokenizer).__name__),
+           getattr(model, "max_length", None), _hash_texts(texts, labels))
     if key in _truncation_checked:
         return
     share, median = truncated_share(model, texts)
