@@ -12,7 +12,8 @@
 
 A method may instead list what its samples depend on in ``cache_description()`` (Laplace-LoRA: the model, the
 posterior's mean, precision and prior precision, its settings and seed). A method that holds something this
-module cannot describe, or that is not one of the package's own classes (a class written in a notebook may change between runs), is simply not cached.
+module cannot describe, or that is not one of the package's own classes (a class written in a notebook may
+change between runs), is simply not cached.
 
 ``connectivity.evaluate_path`` stores its losses and accuracies along a path as JSON under
 ``cache_dir()/paths``, keyed by the model (as above), the t grid and a hash of the adapter state at every t, the data

@@ -115,7 +115,7 @@ def first_adapted_layer(model) -> int:
 
 #: ``make_data`` warns when the model's ``max_length`` cuts more than this share of a dataset's texts.
 TRUNCATION_WARNING = 0.05
-_truncation_checked: dict[tuple, float] = {}
+_truncation_checked: set[tuple] = set()     # data sets already checked, so each warns once
 
 
 def truncated_share(model, texts) -> tuple[float, float]:
@@ -133,8 +133,8 @@ def _warn_if_truncated(model, texts, labels) -> None:
            getattr(model, "max_length", None), _hash_texts(texts, labels))
     if key in _truncation_checked:
         return
+    _truncation_checked.add(key)
     share, median = truncated_share(model, texts)
-    _truncation_checked[key] = share
     if share > TRUNCATION_WARNING:
         warnings.warn(f"make_data: {share:.0%} of these {len(texts)} texts are longer than the model's "
                       f"max_length={model.max_length} tokens and lose their end (median length {median:.0f} tokens); "
