@@ -79,8 +79,11 @@ for nb in ${SMOKE:-notebooks/*.ipynb}; do
 done
 wanted smoke && part notebooks-smoke "${SMOKE_LIMIT:-150}" env MINIBAYESLORA_SMOKE=1 "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax \
   --nbval-current-env "${SMOKE_NOTEBOOKS[@]}"
+# -o console_output_style=times: each cell's line carries its duration, so a notebook that runs out of time still
+# shows where the time went
 wanted gpu-notebook && part notebook-gpu "${GPU_NOTEBOOK_LIMIT:-150}" env -u MINIBAYESLORA_SMOKE MINIBAYESLORA_PROFILE=gpu \
-  "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax --nbval-current-env --durations=0 -v "$NOTEBOOK"
+  "$PY" -m pytest -p no:python -p no:cacheprovider --nbval-lax --nbval-current-env --durations=0 -v \
+  -o console_output_style=times "$NOTEBOOK"
 
 echo
 echo "=== gpu check summary ($(basename "$NOTEBOOK") in the gpu profile; logs in $LOG_DIR)"
