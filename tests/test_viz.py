@@ -224,12 +224,23 @@ def _sweep():
                          "test ECE": [0.05, 0.04, 0.03], "kept 3.query": [1, 2, 3], "kept 3.value": [0, 1, 2]})
 
 
+def _plot_pair(view):
+    import torch
+
+    from minibayeslora import viz_compare
+
+    labels = torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(1))
+    return viz_compare.plot_method_pair(_pair_predictions(), labels, "MAP", "BLoB", view)
+
+
 WIDGET_FIGURES = {
     "nb03 curve": lambda: viz.plot_curve_explorer(_explorer(), 0.5),
     "nb03 curve, no plane": lambda: viz.plot_curve_explorer(_explorer(with_plane=False), 0.5),
     "nb04 points": lambda: viz.plot_points_explorer(_points_explorer(), 1),
     "nb05 threshold": lambda: viz.plot_threshold_sweep(_sweep(), 2.0),
     "nb06 posterior": lambda: viz.plot_posterior_explorer(_posterior_explorer(), 4, 1.0),
+    "nb07 pair, reliability": lambda: _plot_pair("reliability"),
+    "nb07 pair, entropy": lambda: _plot_pair("entropy"),
 }
 
 
@@ -291,3 +302,47 @@ def test_widget_legends_never_cover_data(name):
                    and box.y0 < area.y1 - 1 and box.y1 > area.y0 + 1]
         assert not covered, f"{name}: the legend {[t.get_text() for t in legend.get_texts()]} lies over a data area"
     plt.close(fig)
+
+
+def _pair_predictions():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    draws = lambda s, n: (2 * torch.randn(s, n, 2, generator=g)).softmax(-1)   # noqa: E731
+    return {"MAP": {"test": draws(1, 40), "ood": draws(1, 20)}, "BLoB": {"test": draws(4, 40), "ood": draws(4, 20)}}
+
+
+def test_method_pair_shows_each_methods_own_numbers():
+    import matplotlib.pyplot as plt
+    import torch
+
+    from minibayeslora import metrics, viz_compare
+
+    predictions = _pair_predictions()
+    labels = torch.randint(0, 2, (40,), generator=torch.Generator().manual_seed(1))
+    fig = viz_compare.plot_method_pair(predictions, labels, "MAP", "BLoB")
+    ece = metrics.ece(predictions["BLoB"]["test"].mean(0).double(), labels)
+    assert f"ECE {ece:.3f}" in fig.axes[1].get_title() and "S = 4" in fig.axes[1].get_title()
+    fig = viz_compare.plot_method_pair(predictions, labels, "MAP", "BLoB", "mutual information", draws=2)
+    mi = metrics.mutual_information(predictions["BLoB"]["test"][:2]).numpy()
+    ood_mi = metrics.mutual_information(predictions["BLoB"]["ood"][:2]).numpy()
+    assert f"OOD AUROC {metrics.auroc(mi, ood_mi):.3f}" in fig.axes[1].get_title()
+    assert "S = 2" in fig.axes[1].get_title() and "S = 1" in fig.axes[0].get_title()
+    with pytest.raises(KeyError, match="no predictions for"):
+        viz_compare.plot_method_pair(predictions, labels, "MAP", "Laplace")
+    with pytest.raises(ValueError, match="view must be"):
+        viz_compare.plot_method_pair(predictions, labels, "MAP", "BLoB", "variance")
+    plt.close("all")
+
+
+def test_method_pair_widget_starts_at_every_draw_and_redraws():
+    import matplotlib.pyplot as plt
+    import torch
+
+    from minibayeslora import viz_compare
+
+    widget = viz_compare.method_pair_widget(_pair_predictions(), torch.zeros(40, dtype=torch.long), "MAP", "BLoB")
+    first, second, view, draws = widget.children[:4]
+    assert (first.value, second.value, view.value, draws.value, draws.max) == ("MAP", "BLoB", "reliability", 4, 4)
+    view.value, draws.value = "entropy", 1      # must redraw without raising
+    plt.close("all")
