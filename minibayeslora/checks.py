@@ -247,3 +247,6 @@ from .checks_derive import (  # noqa: E402,F401
     check_noise_fit_gain,
     check_two_point_jsd,
 )
+
+# Checks of the capstone exercises (notebook 07).
+from .checks_capstone import check_laplace_logistic, check_pareto_front, check_temperature  # noqa: E402,F401
