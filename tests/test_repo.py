@@ -104,10 +104,26 @@ def test_colab_setup_keeps_colab_torch():
 
     for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         installs = [line for line in nbformat.read(nb_path, as_version=4).cells[1].source.splitlines() if "pip install" in line]
-        assert installs and not any(re.search(r"\btorch\b|\bnumpy\b|--upgrade|-U\b|--force", line) for line in installs), nb_path.name
+        # torch itself, not a package whose name ends in it (laplace-torch)
+        assert installs and not any(re.search(r"(?<![\w-])(torch|numpy)(?![\w-])|--upgrade|-U\b|--force", line)
+                                    for line in installs), nb_path.name
     pyproject = (ROOT / "pyproject.toml").read_text()
     torch_req = next(Requirement(r) for r in re.findall(r'"(torch[^"]*)"', pyproject) if Requirement(r).name == "torch")
     assert all(torch_req.specifier.contains(v) for v in ("2.6.0", "2.9.0", "2.13.0")), torch_req
+
+
+def test_notebooks_using_laplace_install_the_makefiles_laplace_wheels_on_colab():
+    """laplace-torch's wheels go in with --no-deps (its torchvision requirement would replace Colab's torch): the
+    same pinned list as the Makefile's LAPLACE, in the setup cell of every notebook that fits a Laplace posterior."""
+    makefile = (ROOT / "Makefile").read_text()
+    laplace = re.search(r"^LAPLACE := ((?:.*\\\n)*.*)$", makefile, re.M).group(1).replace("\\\n", " ").split()
+    assert "laplace-torch==0.3" in laplace
+    users = [p for p in sorted((ROOT / "notebooks").glob("*.ipynb")) if "laplace_lora" in p.read_text()]
+    assert users, "no notebook fits a Laplace posterior"
+    for nb_path in users:
+        setup = nbformat.read(nb_path, as_version=4).cells[1].source
+        line = next((line for line in setup.splitlines() if "laplace-torch" in line), "")
+        assert "--no-deps" in line and sorted(line.split("--no-deps", 1)[1].split()) == sorted(laplace), nb_path.name
 
 
 def test_progress_is_plain_text_everywhere():

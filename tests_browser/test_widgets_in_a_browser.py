@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDGET_NOTEBOOKS = ["01_lora_from_scratch.ipynb", "03_bezier_curves.ipynb", "04_bayesian_model_averaging.ipynb",
-                    "05_variational_rank_selection.ipynb", "06_bayesian_lora.ipynb"]
+                    "05_variational_rank_selection.ipynb", "06_bayesian_lora.ipynb", "07_capstone.ipynb"]
 OFFLINE_HOSTS = ("colab.research.google.com",)     # badges: unreachable offline, and that is fine
 SHOTS = ROOT / "build" / "browser"
 ERROR_OUTPUT = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.error']"
