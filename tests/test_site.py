@@ -25,12 +25,15 @@ widgets.interactive(show, t=widgets.SelectionSlider(options=[("one", 1), ("two",
 def executed(tmp_path_factory):
     """Two notebooks executed by nbclient (the engine of nbconvert and `make course`): a widget, and links."""
     from nbclient import NotebookClient
+    from traitlets.config import Config
 
     folder = tmp_path_factory.mktemp("executed")
     widget = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# A widget\n\n## Part one"),
                                              nbformat.v4.new_code_cell(WIDGET_CELL)])
     widget.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    NotebookClient(widget, timeout=120, kernel_name="python3").execute()
+    config = Config()     # the kernel client make course uses: plain nbclient can hang on a widget cell (nbclient#312)
+    config.AsyncKernelManager.client_class = "minibayeslora.notebook_run.SlicedKernelClient"
+    NotebookClient(widget, timeout=120, kernel_name="python3", config=config).execute()
     nbformat.write(widget, folder / "01_widget.ipynb")
     links = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(
         "# Links\n\nNext: [the widget](01_widget.ipynb#Part-one); the [exercises](../exercises/02_links_exercises.ipynb);"
