@@ -85,6 +85,15 @@ def confidence_bins(probs, labels, n_bins: int = 15) -> dict[str, torch.Tensor]:
             "correct": zeros.index_add(0, bins, (predicted == labels).double())}
 
 
+def reliability_points(probs, labels, n_bins: int = 15) -> dict[str, torch.Tensor]:
+    """The non-empty bins of ``confidence_bins`` as a reliability diagram's points: per bin its mean ``confidence``,
+    its ``accuracy`` and its ``count`` (each (B,), B ≤ n_bins + 1 non-empty bins, in order of confidence)."""
+    bins = confidence_bins(probs, labels, n_bins)
+    used = bins["count"] > 0
+    count = bins["count"][used]
+    return {"confidence": bins["confidence"][used] / count, "accuracy": bins["correct"][used] / count, "count": count}
+
+
 def ece(probs, labels, n_bins: int = 15) -> float:
     bins = confidence_bins(probs, labels, n_bins)
     return float((bins["correct"] - bins["confidence"]).abs().sum() / bins["count"].sum())

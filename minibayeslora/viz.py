@@ -288,12 +288,10 @@ def reliability_diagram(curves: dict, n_bins: int = 15):
     fig, ax = plt.subplots(figsize=(4.2, 4))
     ax.plot([0, 1], [0, 1], "k:", lw=1)
     for name, (probs, labels) in curves.items():
-        bins = metrics.confidence_bins(torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels), n_bins)
-        count = bins["count"]
-        used = count > 0
-        mean_conf, mean_acc = bins["confidence"][used] / count[used], bins["correct"][used] / count[used]
-        line, = ax.plot(mean_conf, mean_acc, "-", label=name)
-        ax.scatter(mean_conf, mean_acc, s=8 + 200 * count[used] / count.sum(), color=line.get_color())
+        points = metrics.reliability_points(torch.as_tensor(probs, dtype=torch.float64), torch.as_tensor(labels), n_bins)
+        line, = ax.plot(points["confidence"], points["accuracy"], "-", label=name)
+        ax.scatter(points["confidence"], points["accuracy"], s=8 + 200 * points["count"] / points["count"].sum(),
+                   color=line.get_color())
     ax.set(xlabel="confidence (max p̄)", ylabel="accuracy", xlim=(0.45, 1.0), ylim=(0.3, 1.0), title="Reliability")
     ax.legend(fontsize=7)
     fig.tight_layout()

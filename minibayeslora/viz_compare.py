@@ -42,10 +42,8 @@ def plot_method_pair(predictions: dict, labels, first: str, second: str, view: s
     if view == "reliability":
         for ax, name in zip(axes, (first, second)):
             p_bar = predictions[name]["test"].mean(0).double()
-            bins = metrics.confidence_bins(p_bar, labels)
-            used = bins["count"] > 0
-            conf = (bins["confidence"][used] / bins["count"][used]).numpy()
-            acc = (bins["correct"][used] / bins["count"][used]).numpy()
+            points = metrics.reliability_points(p_bar, labels)
+            conf, acc = points["confidence"].numpy(), points["accuracy"].numpy()
             ax.plot([0, 1], [0, 1], "k:", lw=1, label="calibrated")
             ax.bar(conf, acc, width=1 / 15, alpha=0.35, edgecolor="k", lw=0.5)
             ax.plot(conf, acc, "o-", ms=3, label="accuracy per confidence bin")

@@ -36,6 +36,23 @@ def test_ece_edge_cases_match_torchmetrics():
     assert metrics.ece(perfect, torch.tensor([0, 1])) == 0.0
 
 
+def test_reliability_points_by_brute_force():
+    # sharp probabilities put many confidences at exactly 1 (a bin of its own); 3/15 and 10/15 sit on bin edges
+    probs = torch.cat([_random_probs(200, 3, seed=6, sharpness=40.0), torch.tensor([[0.6, 0.2, 0.2], [10 / 15, 5 / 15, 0.0]])])
+    labels = torch.randint(0, 3, (202,), generator=torch.Generator().manual_seed(7))
+    points = metrics.reliability_points(probs, labels)
+    expected = {}
+    for p, y in zip(probs.tolist(), labels.tolist()):
+        confidence = max(p)
+        edge = next(b for b in range(16) if b == 15 or confidence < (b + 1) / 15)    # bin b: [b/15, (b+1)/15)
+        expected.setdefault(edge, []).append((confidence, float(p.index(confidence) == y)))
+    order = sorted(expected)
+    assert points["count"].tolist() == [len(expected[b]) for b in order]
+    assert points["confidence"].tolist() == pytest.approx([np.mean([c for c, _ in expected[b]]) for b in order])
+    assert points["accuracy"].tolist() == pytest.approx([np.mean([h for _, h in expected[b]]) for b in order])
+    assert 15 in order, "the test should cover a confidence of exactly 1"
+
+
 def test_accuracy_nll_brier_by_brute_force():
     probs = _random_probs(50, 3, seed=4)
     labels = torch.randint(0, 3, (50,), generator=torch.Generator().manual_seed(5))
