@@ -21,7 +21,7 @@ LECTURES := $(sort $(wildcard notebooks/*.ipynb))
 SLICED_CLIENT := --AsyncKernelManager.client_class=minibayeslora.notebook_run.SlicedKernelClient
 EXERCISE_DIRS := solutions exercises
 
-.PHONY: install course test test-browser lab clean gpu-check grading site
+.PHONY: install course test test-browser lab clean gpu-check grading site checkpoints checkpoints-verify
 
 $(STAMP): pyproject.toml Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,35 @@ test: install
 # The widget notebooks in JupyterLab + headless Chromium (Debian's chromium package; see README).
 test-browser: install
 	MINIBAYESLORA_REQUIRE_BROWSER=1 $(BIN)/python -m pytest -p no:cacheprovider tests_browser
+
+# The shipped checkpoints (checkpoints/, see minibayeslora/shipped.py), regenerated in the cpu profile: every lecture
+# notebook from an empty cache with MINIBAYESLORA_RETRAIN=1, every fit recorded, then the folder replaced by exactly
+# the recorded runs. NOTEBOOKS="notebooks/04_….ipynb" regenerates some notebooks' checkpoints only (the others stay).
+# CHECKPOINT_CACHE and RETRAIN can be overridden (e.g. to collect from a cache of earlier runs).
+CHECKPOINT_CACHE ?= $(CURDIR)/build/checkpoints-cache
+RETRAIN ?= 1
+NOTEBOOKS ?= $(LECTURES)
+RECORDED ?= build/checkpoints-recorded
+checkpoints: install
+	rm -rf $(RECORDED) build/checkpoints-run
+	@if [ "$(RETRAIN)" = 1 ] && [ "$(CHECKPOINT_CACHE)" = "$(CURDIR)/build/checkpoints-cache" ]; then rm -rf "$(CHECKPOINT_CACHE)"; fi
+	@for nb in $(NOTEBOOKS); do \
+	  echo "=== $$nb"; start=$$(date +%s); \
+	  MINIBAYESLORA_PROFILE=cpu MINIBAYESLORA_CACHE="$(CHECKPOINT_CACHE)" MINIBAYESLORA_RETRAIN=$(RETRAIN) \
+	  MINIBAYESLORA_RECORD_CHECKPOINTS="$(abspath $(RECORDED))" MINIBAYESLORA_NOTEBOOK=$$(basename $$nb .ipynb) \
+	  $(BIN)/jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 $(SLICED_CLIENT) \
+	    --output-dir build/checkpoints-run $$nb || exit 1; \
+	  echo "=== $$nb: $$(( $$(date +%s) - start )) s"; \
+	done
+	$(BIN)/python -m minibayeslora.shipped collect $(RECORDED) $(NOTEBOOKS)
+
+# After a notebook's code changed: run it (cpu profile) where a fit without a shipped checkpoint raises instead of
+# training; if it passes, its checkpoints are current and the manifest takes its new code hash.
+checkpoints-verify: install
+	@test -n "$(NOTEBOOK)" || { echo "usage: make checkpoints-verify NOTEBOOK=notebooks/04_bayesian_model_averaging.ipynb"; exit 2; }
+	MINIBAYESLORA_PROFILE=cpu MINIBAYESLORA_REQUIRE_CHECKPOINTS=1 $(BIN)/jupyter nbconvert --to notebook --execute \
+		--ExecutePreprocessor.timeout=-1 $(SLICED_CLIENT) --output-dir build/checkpoints-verify $(NOTEBOOK)
+	$(BIN)/python -m minibayeslora.shipped verified $(NOTEBOOK)
 
 # The whole course headless on the embedded default (cpu profile): executed notebooks and figures in build/.
 course: install

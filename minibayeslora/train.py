@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from . import __version__, config
+from . import __version__, config, shipped
 from .lora import adapter_state, layer_index, load_adapter_state, lora_layers
 from .prefix_cache import prefix_features
 from .progress import progress_bar
@@ -278,13 +278,16 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
     if not params:
         raise ValueError("the model has no trainable tensors: inject LoRA (or unfreeze the head) first.")
     groups = _param_groups(named, cfg)
-    path = recipe = None
+    path = recipe = key = None
     if cache_key is not None:
         recipe = _recipe(model, loss_fn)
-        path = _cache_path(recipe, train_data, val_data, cfg, cache_key)
-        cached = _load(path, model)
-        if cached is not None:
-            return cached
+        path, key = _cache_path(recipe, train_data, val_data, cfg, cache_key)
+        shipped.require(path.name, key)
+        for candidate in (path, shipped.lookup(path.name)):
+            cached = _load(candidate, model) if candidate is not None else None
+            if cached is not None:
+                shipped.record(candidate, key)
+                return cached
 
     if hasattr(loss_fn, "reset"):   # a stateful loss (KL warm-up, seeded t draws) starts afresh in every run
         loss_fn.reset()
@@ -331,11 +334,12 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
     model.eval()
     history.seconds = time.perf_counter() - start
     if path is not None:
-        _save(path, model, history)
+        _save(path, key, model, history)
+        shipped.record(path, key)
         if final is not None:  # the same run without keep-best ends in the final state: cache it under that key too
             state, final_history = final
             final_history.seconds = history.seconds
-            _save(_cache_path(recipe, train_data, val_data, dataclasses.replace(cfg, keep_best=False), cache_key),
+            _save(*_cache_path(recipe, train_data, val_data, dataclasses.replace(cfg, keep_best=False), cache_key),
                   state, final_history)
     return history
 
@@ -364,10 +368,11 @@ def _recipe(model, loss_fn) -> dict:
 
 
 def _cache_path(recipe: dict, train_data, val_data, cfg: TrainConfig, cache_key: dict):
+    """The run's cache path (named by the digest of its key) and the key itself."""
     key = {"key": cache_key, "config": dataclasses.asdict(cfg), "recipe": recipe, "version": __version__,
            "train": train_data.fingerprint(), "val": val_data.fingerprint() if val_data is not None else None}
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
-    return config.cache_dir("adapters") / digest
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))   # as stored, so its digest can be checked
+    return config.cache_dir("adapters") / shipped.key_digest(key), key
 
 
 def _load(path, model) -> History | None:
@@ -385,8 +390,8 @@ def _load(path, model) -> History | None:
     return history
 
 
-def _save(path, model_or_state, history: History) -> None:
+def _save(path, key: dict, model_or_state, history: History) -> None:
     weights, meta = path.with_suffix(".safetensors"), path.with_suffix(".json")
     state = model_or_state if isinstance(model_or_state, dict) else adapter_state(model_or_state)
     config.write_atomically(weights, lambda tmp: save_file({k: v.contiguous().cpu() for k, v in state.items()}, str(tmp)))
-    config.write_atomically(meta, lambda tmp: tmp.write_text(json.dumps({"history": history.to_json()}, indent=1)))
+    config.write_atomically(meta, lambda tmp: tmp.write_text(json.dumps({"history": history.to_json(), "key": key}, indent=1)))

@@ -43,10 +43,13 @@ def smollm2():
 
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):
-    """A fresh MINIBAYESLORA_CACHE and an empty in-memory prefix cache."""
+    """A fresh MINIBAYESLORA_CACHE, no shipped checkpoints and an empty in-memory prefix cache."""
     from minibayeslora import prefix_cache
 
     monkeypatch.setenv("MINIBAYESLORA_CACHE", str(tmp_path))
+    monkeypatch.setenv("MINIBAYESLORA_CHECKPOINTS", str(tmp_path / "no-shipped-checkpoints"))
+    for flag in ("MINIBAYESLORA_RETRAIN", "MINIBAYESLORA_REQUIRE_CHECKPOINTS", "MINIBAYESLORA_RECORD_CHECKPOINTS"):
+        monkeypatch.delenv(flag, raising=False)
     prefix_cache.clear_memory_cache()
     yield tmp_path
     prefix_cache.clear_memory_cache()
