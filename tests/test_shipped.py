@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from minibayeslora import shipped
-from minibayeslora.lora import adapter_state, inject_lora
+from minibayeslora.backbones import lora_classifier
+from minibayeslora.lora import adapter_state
 from minibayeslora.train import TrainConfig, fit, make_data
 
 
@@ -16,20 +17,11 @@ def small(task):
     return task.train.subset(64, seed=0), task.val.subset(32, seed=0)
 
 
-def _fresh_adapted():
-    from minibayeslora.backbones import load_backbone
-
-    torch.manual_seed(0)
-    model = load_backbone("minilm")
-    inject_lora(model, ["query", "value"], r=4, alpha=8, layers=[5])
-    return model
-
-
 CFG = TrainConfig(steps=4, batch_size=16, eval_every=2)
 
 
 def _run(small, cfg=CFG, key=None):
-    model = _fresh_adapted()
+    model = lora_classifier(0, r=4, top=1)   # seeded: every call builds the same starting point
     history = fit(model, make_data(model, small[0]), make_data(model, small[1]), cfg,
                   cache_key=key or {"test": "shipped"}, progress=False)
     return history, adapter_state(model)
@@ -164,7 +156,6 @@ def test_a_shipped_checkpoint_is_what_training_gives(task, isolated_cache, monke
     from safetensors.torch import load_file
 
     from minibayeslora import data
-    from minibayeslora.backbones import lora_classifier
     from minibayeslora.train import _cache_path, _recipe, cross_entropy
 
     rt = data.load_task("rotten_tomatoes")
