@@ -15,7 +15,8 @@ frozen, their cached outputs (``PrefixData``, see ``prefix_cache``): the loop do
 ``cache_dir()/adapters``, keyed by a hash of the key, the training config, the recipe (the model's
 backbone, a hash of its frozen weights and every adapter layer's class and settings; every setting
 of the loss; see ``recipe``), the adapter's tensor names and shapes, the data and the package
-version; a later identical call loads it instead of training. A keep-best run also stores its final
+version; a later identical call loads it instead of training, and so does a run whose result ships with the
+course (``checkpoints/``, see ``shipped``; ``MINIBAYESLORA_RETRAIN=1`` ignores those). A keep-best run also stores its final
 state under the key of the same run without keep-best (the two runs take identical steps; only the
 state kept at the end differs). Files are written atomically; an unreadable file is retrained with
 a warning.
