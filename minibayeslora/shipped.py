@@ -32,7 +32,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from . import config
+from . import __version__, config
 
 SUFFIXES = (".safetensors", ".json")
 
@@ -157,8 +157,6 @@ def problems(notebooks: list[Path], folder: Path | None = None) -> list[str]:
     """What is wrong with the shipped folder for these notebooks' current code (empty when it is current):
     a notebook whose code changed since its checkpoints were made or verified, a checkpoint whose files are
     missing or whose key does not hash to its name, or one made by another package version."""
-    from . import __version__
-
     folder = folder or shipped_dir()
     manifest, found = read_manifest(folder), []
     for nb in notebooks:
@@ -181,7 +179,7 @@ def size_bytes(folder: Path | None = None) -> int:
 
 
 def main(argv: list[str]) -> int:
-    usage = ("usage: python -m minibayeslora.shipped collect RECORDED NOTEBOOK... | verified NOTEBOOK | size")
+    usage = "usage: python -m minibayeslora.shipped collect RECORDED NOTEBOOK... | verified NOTEBOOK"
     if argv[:1] == ["collect"] and len(argv) >= 3:
         manifest = collect(Path(argv[1]), [Path(nb) for nb in argv[2:]])
         print(f"shipped {len(manifest['checkpoints'])} checkpoints for {len(manifest['notebooks'])} notebooks "
@@ -189,8 +187,6 @@ def main(argv: list[str]) -> int:
     elif argv[:1] == ["verified"] and len(argv) == 2:
         mark_verified(Path(argv[1]))
         print(f"{Path(argv[1]).stem}: every fit has its shipped checkpoint; code hash updated")
-    elif argv[:1] == ["size"]:
-        print(f"{size_bytes() / 2**20:.1f} MiB in {shipped_dir()}")
     else:
         print(usage, file=sys.stderr)
         return 2
