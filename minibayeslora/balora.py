@@ -33,6 +33,7 @@ import math
 import torch
 from torch import nn
 
+from . import noise
 from .lrvd import LOG_ALPHA_MAX, kl_sparse_vd
 from .stochastic import StochasticLoRALinear
 
@@ -78,13 +79,13 @@ class BaLoRALinear(StochasticLoRALinear):
         u = x @ self.lora_A.T                                                            # (..., r)
         if self.noise == "token":
             var = log_alpha.exp()[..., None] * ((x * x) @ (self.lora_A * self.lora_A).T)
-            u = u + self.noise_scale * var.clamp_min(1e-30).sqrt() * torch.randn_like(u)
+            u = u + self.noise_scale * var.clamp_min(1e-30).sqrt() * noise.normal(u.shape, u.dtype, u.device, tokens=True)
         else:
             n = x.shape[0]
-            E = torch.randn(n, self.r, self.in_features, dtype=x.dtype, device=x.device)
+            E = noise.normal((n, self.r, self.in_features), x.dtype, x.device)
             flat = x.reshape(n, -1, x.shape[-1])
-            noise = torch.bmm(flat, (self.lora_A * E).transpose(1, 2)).reshape(u.shape)    # (θ_A ⊙ E_n) x_t
-            u = u + self.noise_scale * (0.5 * log_alpha).exp()[..., None] * noise
+            drawn = torch.bmm(flat, (self.lora_A * E).transpose(1, 2)).reshape(u.shape)    # (θ_A ⊙ E_n) x_t
+            u = u + self.noise_scale * (0.5 * log_alpha).exp()[..., None] * drawn
         return u @ self.lora_B.T
 
     def kl(self) -> torch.Tensor:

@@ -29,6 +29,7 @@ import math
 import torch
 from torch import nn
 
+from . import noise
 from .stochastic import StochasticLoRALinear
 
 RHO_INIT, PRIOR_SD = 0.05, 0.2
@@ -64,20 +65,20 @@ class BLoBLinear(StochasticLoRALinear):
         sigma = self.sigma * self.noise_scale
         if self.noise == "token":
             var = (x * x) @ (sigma ** 2).T
-            u = u + var.clamp_min(1e-30).sqrt() * torch.randn_like(u)
+            u = u + var.clamp_min(1e-30).sqrt() * noise.normal(u.shape, u.dtype, u.device, tokens=True)
         elif self.noise == "sequence":
             n = x.shape[0]
-            E = torch.randn(n, self.r, self.in_features, dtype=x.dtype, device=x.device)
+            E = noise.normal((n, self.r, self.in_features), x.dtype, x.device)
             flat = x.reshape(n, -1, x.shape[-1])
             u = u + torch.bmm(flat, (sigma * E).transpose(1, 2)).reshape(u.shape)
         else:  # flipout: one E per copy of the batch, random signs per token on the input and the output
-            E = torch.randn(self.copies, self.r, self.in_features, dtype=x.dtype, device=x.device)
+            E = noise.shared_normal((self.copies, self.r, self.in_features), x.dtype, x.device)
             copy = self.copy_index(x.shape[0], x.device)
-            sign_in = torch.randint(0, 2, x.shape, device=x.device).to(x.dtype) * 2 - 1
-            sign_out = torch.randint(0, 2, u.shape, device=x.device).to(x.dtype) * 2 - 1
+            sign_in = noise.signs(x.shape, x.dtype, x.device, tokens=True)
+            sign_out = noise.signs(u.shape, x.dtype, x.device, tokens=True)
             flat = (x * sign_in).reshape(x.shape[0], -1, x.shape[-1])
-            noise = torch.bmm(flat, (sigma * E)[copy].transpose(1, 2)).reshape(u.shape)
-            u = u + noise * sign_out
+            drawn = torch.bmm(flat, (sigma * E)[copy].transpose(1, 2)).reshape(u.shape)
+            u = u + drawn * sign_out
         return u @ self.lora_B.T
 
     def kl(self) -> torch.Tensor:

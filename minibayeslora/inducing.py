@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import noise
 from .stochastic import StochasticLoRALinear
 
 SIGMA_U_MAX, LAMBDA_MAX, INIT_SCALE = 0.1, 0.03, 1e-3
@@ -126,9 +127,9 @@ class InducingFactor(nn.Module):
         T_r, T_c, L_r, L_c = transforms if transforms is not None else self.transforms()
         p, q, m = self.p, self.q, self.m
         kw = {"dtype": self.mu.dtype, "device": self.mu.device}
-        u = self.mu + noise_scale * self.sigma_u * torch.randn(n, m, m, **kw)
-        E1, E2 = torch.randn(n, p, q, **kw), torch.randn(n, p, m, **kw)
-        E3, E4 = torch.randn(n, m, q, **kw), torch.randn(n, m, m, **kw)
+        u = self.mu + noise_scale * self.sigma_u * noise.normal((n, m, m), **kw)
+        E1, E2 = noise.normal((n, p, q), **kw), noise.normal((n, p, m), **kw)
+        E3, E4 = noise.normal((n, m, q), **kw), noise.normal((n, m, m), **kw)
         xi = matheron_noise(self.z_row, self.z_col, self.d_row, self.d_col, E1, E2, E3, E4, (T_r, T_c, L_r, L_c))
         return self.scale * (T_r @ (L_r @ u @ L_c.T) @ T_c + noise_scale * self.lam * xi)
 

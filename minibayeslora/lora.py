@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import noise
+
 #: Module-list names under which transformers keep their blocks (``...layer.3.attention...``).
 _LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|blocks)\.(\d+)\.")
 
@@ -64,7 +66,7 @@ class LoRALinear(nn.Module):
         y = self.base(x)
         if self.merged:
             return y
-        update = (self.dropout(x).to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T
+        update = (noise.dropout(self.dropout, x).to(self.lora_A.dtype) @ self.lora_A.T) @ self.lora_B.T
         return y + (update * self.scaling).to(y.dtype)
 
     def merge(self) -> None:

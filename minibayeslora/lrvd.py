@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import noise
 from .lora import LoRALinear
 from .stochastic import ELBOLoss, StochasticLoRALinear, sampling, total_kl  # noqa: F401 (re-exported)
 
@@ -77,9 +78,9 @@ class VariationalLoRALinear(StochasticLoRALinear):
         u = x @ self.lora_A.T                                                              # (..., r)
         std = (0.5 * self.log_alpha.clamp(max=LOG_ALPHA_MAX)).exp() * self.noise_scale
         if self.noise == "token":
-            u = u + u.abs() * std * torch.randn_like(u)
+            u = u + u.abs() * std * noise.normal(u.shape, u.dtype, u.device, tokens=True)
         else:  # one z per example, shared along every axis between the batch and the rank
-            u = u * (1 + std * torch.randn(self.per_example_shape(u), dtype=u.dtype, device=u.device))
+            u = u * (1 + std * noise.normal(self.per_example_shape(u), u.dtype, u.device))
         return u @ self.lora_B.T
 
     def mean_update(self, x: torch.Tensor) -> torch.Tensor:

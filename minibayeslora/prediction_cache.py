@@ -7,8 +7,8 @@
   list of adapter states it holds, a hash of all their tensors (frozen ones through
   ``recipe.frozen_digest``, hashed once per model; the small trainable ones every time) and each
   adapter layer's settings;
-- the data (texts, labels, cached-prefix layer), S, the batch size (noise is drawn per batch), the
-  device type (CPU and CUDA draw different random numbers) and the package version.
+- the data (texts, labels, cached-prefix layer), S, the device type (CPU and CUDA draw different random
+  numbers) and the package version. Not the batch size: draws are seeded per example (``noise``).
 
 A method may instead list what its samples depend on in ``cache_description()`` (Laplace-LoRA: the model, the
 posterior's mean, precision and prior precision, its settings and seed). A method that holds something this
@@ -38,8 +38,10 @@ class Undescribable(Exception):
     """The method holds a value whose effect on the samples the key cannot capture."""
 
 
-def method_key(method, data, S: int, batch_size: int) -> str | None:
-    """The cache key of ``sample_probabilities(method, data, S, batch_size)``, or None if it cannot be cached.
+def method_key(method, data, S: int) -> str | None:
+    """The cache key of ``sample_probabilities(method, data, S)``, or None if it cannot be cached.
+
+    The batch size is not in it: draws are seeded per example (``noise``), so it does not change the result.
 
     Only the package's own methods are cached: a class written in a notebook (an exercise) may change its code
     between runs under the same name and settings, and must run afresh every time.
@@ -51,7 +53,7 @@ def method_key(method, data, S: int, batch_size: int) -> str | None:
     except Undescribable:
         return None
     device = next((config.model_device(v).type for v in vars(method).values() if isinstance(v, nn.Module)), "cpu")
-    key = {"method": described, "data": data.fingerprint(), "S": S, "batch_size": batch_size, "device": device,
+    key = {"method": described, "data": data.fingerprint(), "S": S, "draws": "per example", "device": device,
            "version": __version__}
     return _hash(key)
 

@@ -17,7 +17,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from . import config, prediction_cache
+from . import config, noise, prediction_cache
 from .train import batched_logits, eval_mode
 
 
@@ -36,12 +36,18 @@ def repeat_batch(inputs: dict, S: int) -> dict:
 def stacked_draws(model: nn.Module, inputs: dict, S: int, seed: int, noise_on) -> torch.Tensor:
     """S seeded draws of a per-example noise in one eval-mode pass over S stacked copies: (S, N, C).
 
-    ``noise_on`` is a context manager that switches the method's noise on for the pass.
+    ``noise_on`` is a context manager that switches the method's noise on for the pass. Every row of the pass
+    draws from its own generator (``noise.per_example``), seeded by the seed, the example's index (set by
+    ``sample_probabilities``; 0..N-1 for a batch given directly) and its copy: an example's draws do not depend
+    on the batch it is in.
     """
     if S < 1:
         raise ValueError(f"S must be ≥ 1, got {S}.")
-    inputs = config.to_device(inputs, config.model_device(model))  # repeat on the model's device, not before the copy
-    with eval_mode(model), config.private_rng(seed), noise_on:
+    device = config.model_device(model)
+    inputs = config.to_device(inputs, device)  # repeat on the model's device, not before the copy
+    n = next(v.shape[0] for v in inputs.values() if torch.is_tensor(v))
+    rows = noise.per_example(seed, noise.current_examples(n), S, inputs.get("attention_mask"), device)
+    with eval_mode(model), config.private_rng(seed), rows, noise_on:
         logits = model(**repeat_batch(inputs, S))
     return logits.float().softmax(-1).view(S, -1, logits.shape[-1]).cpu()
 
@@ -103,14 +109,20 @@ class LRVDSampler(NoiseSampler):
 def sample_probabilities(method: Predictive, data, S: int, batch_size: int = 64, cache: bool = True) -> torch.Tensor:
     """``method.predict_samples`` over a whole ClassificationData: (S', N, C) with rows in data order.
 
-    With ``cache`` (default), the result is stored on disk and a later identical call loads it
-    (``prediction_cache``: keyed by the method's settings and every tensor of its model or states, the
-    data, S and the batch size).
+    Sampling methods seed each example's draws by its index in ``data`` (``noise``), so the result does not
+    depend on ``batch_size``, which only sets how many examples one forward pass holds. With ``cache``
+    (default), the result is stored on disk and a later identical call loads it (``prediction_cache``: keyed
+    by the method's settings and every tensor of its model or states, the data and S).
     """
-    key = prediction_cache.method_key(method, data, S, batch_size) if cache else None
+    key = prediction_cache.method_key(method, data, S) if cache else None
     if key is not None and (cached := prediction_cache.load(key)) is not None:
         return cached
-    samples = batched_logits(lambda inputs: method.predict_samples(inputs, S).transpose(0, 1), data, batch_size)
+
+    def draws(inputs, idx):
+        with noise.examples(idx):   # each example's draws are seeded by its index: the same for any batch_size
+            return method.predict_samples(inputs, S).transpose(0, 1)
+
+    samples = batched_logits(draws, data, batch_size, indexed=True)
     samples = samples.transpose(0, 1).contiguous()
     if key is not None:
         prediction_cache.store(key, samples)

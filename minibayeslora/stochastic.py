@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import noise
 from .lora import LoRALinear
 
 
@@ -90,7 +91,7 @@ class StochasticLoRALinear(LoRALinear):
             if self.sampling:
                 raise RuntimeError("a merged layer cannot sample its noise: call unmerge() first.")
             return y
-        x = self.dropout(x).to(self.factor_dtype)
+        x = noise.dropout(self.dropout, x).to(self.factor_dtype)
         update = self.noisy_update(x) if self.sampling else self.mean_update(x)
         return y + (update * self.scaling).to(y.dtype)
 

@@ -231,10 +231,12 @@ def eval_mode(model):
 
 
 @torch.no_grad()
-def batched_logits(forward: Callable, data: ClassificationData, batch_size: int | None = None) -> torch.Tensor:
+def batched_logits(forward: Callable, data: ClassificationData, batch_size: int | None = None,
+                   indexed: bool = False) -> torch.Tensor:
     """``forward(inputs) -> (n, ...)`` (logits, or any per-example output) over the whole dataset: (N, ...), rows in data order.
 
     ``inputs`` are CPU batches (the model moves them to its device); the result is gathered on the CPU.
+    With ``indexed``, ``forward(inputs, idx)`` also gets the batch's row indices in ``data``.
     ``batch_size`` defaults to ``config.eval_batch_size()`` (64 on the CPU, 512 on a GPU).
 
     Batches are taken in order of length where the data know their lengths, so each batch is
@@ -243,7 +245,8 @@ def batched_logits(forward: Callable, data: ClassificationData, batch_size: int 
     batch_size = batch_size or config.eval_batch_size()
     lengths = data.lengths()
     order = torch.argsort(lengths, stable=True) if lengths is not None else torch.arange(len(data))
-    chunks = [forward(data.inputs(order[i:i + batch_size])).cpu() for i in range(0, len(data), batch_size)]
+    batches = [order[i:i + batch_size] for i in range(0, len(data), batch_size)]
+    chunks = [(forward(data.inputs(idx), idx) if indexed else forward(data.inputs(idx))).cpu() for idx in batches]
     out = torch.empty((len(data),) + chunks[0].shape[1:], dtype=torch.float32)
     out[order] = torch.cat(chunks).float()
     return out

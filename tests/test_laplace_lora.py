@@ -155,15 +155,15 @@ def test_laplace_predictions_are_cached_until_the_posterior_changes(isolated_cac
 
     model, data, *_ = _map_fit()
     la = fit_laplace(model, data, LaplaceConfig(prior_precision=PRIOR, tune=None))
-    key = prediction_cache.method_key(la, data, S=8, batch_size=64)
+    key = prediction_cache.method_key(la, data, S=8)
     assert key is not None
     first = sample_probabilities(la, data, S=8)
     monkeypatch.setattr(la, "predict_samples", lambda *a: pytest.fail("a repeated call must load, not predict"))
     torch.testing.assert_close(sample_probabilities(la, data, S=8), first)
     monkeypatch.undo()
     refit = fit_laplace(model, data, LaplaceConfig(prior_precision=PRIOR, tune=None))
-    assert prediction_cache.method_key(refit, data, S=8, batch_size=64) == key, "the same posterior, the same key"
+    assert prediction_cache.method_key(refit, data, S=8) == key, "the same posterior, the same key"
     la.posterior.prior_precision = 2 * PRIOR
-    assert prediction_cache.method_key(la, data, S=8, batch_size=64) != key, "another prior, another posterior"
+    assert prediction_cache.method_key(la, data, S=8) != key, "another prior, another posterior"
     other = fit_laplace(model, data, LaplaceConfig(prior_precision=PRIOR, tune=None, pred_type="nn"))
-    assert prediction_cache.method_key(other, data, S=8, batch_size=64) != key
+    assert prediction_cache.method_key(other, data, S=8) != key

@@ -29,13 +29,13 @@ def test_anything_the_samples_depend_on_changes_the_key(lrvd_model, task, isolat
     data = make_data(lrvd_model, task.val.subset(12, seed=0))
     other_data = make_data(lrvd_model, task.val.subset(12, seed=1))
 
-    def key(method, data=data, S=4, batch_size=5):
-        return prediction_cache.method_key(method, data, S, batch_size)
+    def key(method, data=data, S=4):
+        return prediction_cache.method_key(method, data, S)
 
     base = key(LRVDSampler(lrvd_model, seed=3))
     assert base == key(LRVDSampler(lrvd_model, seed=3))
     different = {"seed": key(LRVDSampler(lrvd_model, seed=4)), "scale": key(LRVDSampler(lrvd_model, seed=3, scale=0.5)),
-                 "S": key(LRVDSampler(lrvd_model, seed=3), S=8), "batch size": key(LRVDSampler(lrvd_model, seed=3), batch_size=6),
+                 "S": key(LRVDSampler(lrvd_model, seed=3), S=8),
                  "data": key(LRVDSampler(lrvd_model, seed=3), data=other_data), "method": key(MAP(lrvd_model))}
     layer = lrvd_model.encoder.encoder.layer[5].attention.self.query
     with torch.no_grad():
@@ -55,8 +55,8 @@ def test_states_and_temperatures_are_part_of_the_key(lrvd_model, task, isolated_
     data = make_data(lrvd_model, task.val.subset(12, seed=0))
     state = adapter_state(lrvd_model)
     shifted = {k: v + 0.01 for k, v in state.items()}
-    keys = {prediction_cache.method_key(StateAverage(lrvd_model, states), data, 1, 5) for states in ([state], [shifted], [state, shifted])}
-    keys |= {prediction_cache.method_key(TemperatureScaled(lrvd_model, t), data, 1, 5) for t in (1.0, 2.0)}
+    keys = {prediction_cache.method_key(StateAverage(lrvd_model, states), data, 1) for states in ([state], [shifted], [state, shifted])}
+    keys |= {prediction_cache.method_key(TemperatureScaled(lrvd_model, t), data, 1) for t in (1.0, 2.0)}
     assert len(keys) == 5
 
 
@@ -70,7 +70,7 @@ def test_a_method_written_outside_the_package_is_never_cached(lrvd_model, task, 
                 return self.model(**inputs).softmax(-1).unsqueeze(0)
 
     data = make_data(lrvd_model, task.val.subset(6, seed=0))
-    assert prediction_cache.method_key(MyMAP(lrvd_model), data, 1, 5) is None
+    assert prediction_cache.method_key(MyMAP(lrvd_model), data, 1) is None
     sample_probabilities(MyMAP(lrvd_model), data, S=1)
     assert not list((isolated_cache / "predictions").glob("*"))
 

@@ -1,0 +1,134 @@
+"""Per-example noise for Monte Carlo prediction: each example's draws depend on the example, never on its batch.
+
+Seeding a whole batch once makes an example's draw depend on the batch: which examples come before it, how many
+there are and how far the batch is padded. S draws over a dataset would then change with ``batch_size``. In a
+prediction pass (``predictive.stacked_draws``) the batch holds S stacked copies of N examples, S·N rows, and here
+every row gets its own generator, seeded by
+
+    (the method's seed, the example's index in its dataset, the copy s ∈ {0, …, S−1}),
+
+that draws, layer after layer in the order of the forward pass, only what the row needs: for noise along the
+token axis, one value per *real* token (the attention mask says which; padding gets none, whether the batch is
+padded on the right or on the left). Example i's s-th draw is therefore the same in a batch of one, of 64, or in
+any order. Noise that a method shares between all examples on purpose (the weight draws of flipout or of a
+Laplace posterior) comes from one generator seeded by the seed alone.
+
+Outside ``per_example`` every helper here is torch's own draw from the global RNG (``torch.randn``,
+``torch.randint``, ``nn.Dropout``), so training draws exactly what it drew before this module existed.
+
+Cost: one small draw per row and noise site (a few µs each), the same number of random values as one batched draw.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+
+class _Rows:
+    """The generators of one prediction pass: one per row, one shared, and which positions are real tokens."""
+
+    def __init__(self, seed: int, examples: Sequence[int], copies: int, attention_mask: torch.Tensor | None, device):
+        device = torch.device(device)
+        self.generators = [torch.Generator(device=device).manual_seed(row_seed(seed, int(example), copy))
+                           for copy in range(copies) for example in examples]                 # row s·N + i
+        self.shared = torch.Generator(device=device).manual_seed(row_seed(seed, -1, -1))
+        self.real = None
+        if attention_mask is not None:
+            self.real = attention_mask.to(device=device).bool().repeat(copies, 1)           # (S·N, L)
+
+    def draw(self, shape: tuple[int, ...], dtype, device, tokens: bool, sample: Callable) -> torch.Tensor:
+        """(rows, ...) from ``sample(size, generator)``, one call per row; only real tokens along axis 1 if ``tokens``."""
+        shape = tuple(shape)
+        if shape[0] != len(self.generators):
+            raise RuntimeError(f"a per-example draw of shape {shape} in a pass of {len(self.generators)} rows: "
+                               "the first axis must be the rows (S stacked copies of the batch).")
+        real = self.real
+        if tokens and real is not None and len(shape) >= 3 and shape[1] == real.shape[1]:
+            counts = real.sum(1).tolist()
+            out = torch.zeros(shape, dtype=dtype, device=device)
+            out[real.to(device)] = torch.cat([sample((k, *shape[2:]), g) for k, g in zip(counts, self.generators)]).to(dtype)
+            return out
+        return torch.stack([sample(shape[1:], g) for g in self.generators]).to(device=device, dtype=dtype)
+
+
+_active: _Rows | None = None
+_examples: Sequence[int] | None = None
+
+
+def row_seed(seed: int, example: int, copy: int) -> int:
+    """A 63-bit seed for one row, from (seed, example index, copy); distinct triples give unrelated seeds."""
+    digest = hashlib.blake2b(f"{seed}/{example}/{copy}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+@contextmanager
+def examples(indices):
+    """Name the examples of the next batch by their index in the dataset (``sample_probabilities`` does this)."""
+    global _examples
+    saved, _examples = _examples, [int(i) for i in torch.as_tensor(indices).reshape(-1).tolist()]
+    try:
+        yield
+    finally:
+        _examples = saved
+
+
+def current_examples(n: int) -> list[int]:
+    """The indices set by ``examples`` for a batch of n, or 0..n-1 for a batch given directly."""
+    if _examples is None:
+        return list(range(n))
+    if len(_examples) != n:
+        raise ValueError(f"{len(_examples)} example indices for a batch of {n}.")
+    return list(_examples)
+
+
+@contextmanager
+def per_example(seed: int, examples: Sequence[int], copies: int, attention_mask: torch.Tensor | None = None,
+                device="cpu"):
+    """Inside the block, the helpers below draw per row (see the module docstring); rows = copies · len(examples)."""
+    global _active
+    saved, _active = _active, _Rows(seed, examples, copies, attention_mask, device)
+    try:
+        yield
+    finally:
+        _active = saved
+
+
+def normal(shape, dtype, device, tokens: bool = False) -> torch.Tensor:
+    """N(0, 1) of ``shape`` (rows first); ``tokens``: axis 1 is the token axis (noise per token)."""
+    if _active is None:
+        return torch.randn(shape, dtype=dtype, device=device)
+    return _active.draw(shape, dtype, device, tokens,
+                        lambda size, g: torch.randn(size, generator=g, device=g.device))
+
+
+def signs(shape, dtype, device, tokens: bool = False) -> torch.Tensor:
+    """±1 with probability ½ each, of ``shape`` (rows first)."""
+    if _active is None:
+        return torch.randint(0, 2, shape, device=device).to(dtype) * 2 - 1
+    return _active.draw(shape, dtype, device, tokens,
+                        lambda size, g: torch.randint(0, 2, size, generator=g, device=g.device).float() * 2 - 1)
+
+
+def shared_normal(shape, dtype, device) -> torch.Tensor:
+    """N(0, 1) of ``shape`` shared by every example of the pass (one generator seeded by the seed alone)."""
+    if _active is None:
+        return torch.randn(shape, dtype=dtype, device=device)
+    g = _active.shared
+    return torch.randn(shape, generator=g, device=g.device).to(device=device, dtype=dtype)
+
+
+def dropout(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` for an ``nn.Dropout``; inside ``per_example`` and in training mode, its mask drawn per row."""
+    if _active is None or not isinstance(module, nn.Dropout) or not module.training or module.p == 0:
+        return module(x)
+    p = module.p
+    if p >= 1:
+        return torch.zeros_like(x)
+    keep = _active.draw(x.shape, x.dtype, x.device, x.dim() >= 3,
+                        lambda size, g: (torch.rand(size, generator=g, device=g.device) >= p).float())
+    return x * keep / (1 - p)
