@@ -18,7 +18,9 @@ away over the tokens). Inputs without a token axis, (N, d_in), behave the same u
 
 Noise is switched on explicitly, ``with sampling(model): ...``, independent of ``train()`` /
 ``eval()`` (dropout and noise are separate switches). ``sampling(model, scale=c)`` multiplies every
-noise standard deviation by c: c = 0 gives the mean path's LoRA, the zero-uncertainty limit.
+noise standard deviation by c: c = 0 gives the mean path's LoRA, the zero-uncertainty limit. Layers draw
+their noise through ``noise``: in training from torch's global RNG, in a prediction pass from one generator
+per example and copy, so that an example's draws do not depend on its batch.
 
 Training minimises the negative ELBO per example, ``ELBOLoss``:
 
