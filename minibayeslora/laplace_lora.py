@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from . import config, metrics
+from .predictive import batch_rows
 from .train import batched_logits, eval_mode
 
 HESSIAN_STRUCTURES = ("diag",)
@@ -161,7 +162,7 @@ class LaplaceLoRA:
                 logits = self.posterior.functional_samples(batch, pred_type="nn", n_samples=S, generator=generator)
             return logits.float().softmax(-1).cpu()
         # glm: Jacobians again, so a few examples at a time (see LaplaceConfig.batch_size)
-        n = next(v.shape[0] for v in batch.values() if torch.is_tensor(v))
+        n = batch_rows(batch)
         chunks = []
         for start in range(0, n, self.cfg.batch_size):
             part = {k: v[start:start + self.cfg.batch_size] if torch.is_tensor(v) and v.dim() and v.shape[0] == n else v

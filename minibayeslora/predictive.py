@@ -25,9 +25,17 @@ class Predictive(Protocol):
     def predict_samples(self, inputs: dict, S: int) -> torch.Tensor: ...
 
 
+def batch_rows(inputs: dict) -> int:
+    """N, the number of examples in a batch of model kwargs: the first axis of its first tensor."""
+    for value in inputs.values():
+        if torch.is_tensor(value) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError(f"a batch needs at least one tensor with a first (example) axis; got keys {sorted(inputs)}.")
+
+
 def repeat_batch(inputs: dict, S: int) -> dict:
     """Stack S copies of a batch along its first dimension (N -> S·N); non-tensor values pass through."""
-    n = next(v.shape[0] for v in inputs.values() if torch.is_tensor(v))
+    n = batch_rows(inputs)
     return {k: v.repeat(S, *([1] * (v.dim() - 1))) if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == n else v
             for k, v in inputs.items()}
 
@@ -45,7 +53,7 @@ def stacked_draws(model: nn.Module, inputs: dict, S: int, seed: int, noise_on) -
         raise ValueError(f"S must be ≥ 1, got {S}.")
     device = config.model_device(model)
     inputs = config.to_device(inputs, device)  # repeat on the model's device, not before the copy
-    n = next(v.shape[0] for v in inputs.values() if torch.is_tensor(v))
+    n = batch_rows(inputs)
     rows = noise.per_example(seed, noise.current_examples(n), S, inputs.get("attention_mask"), device)
     with eval_mode(model), config.private_rng(seed), rows, noise_on:
         logits = model(**repeat_batch(inputs, S))

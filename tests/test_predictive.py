@@ -5,7 +5,7 @@ import torch
 
 from minibayeslora.lora import inject_lora
 from minibayeslora.lrvd import VariationalLoRALinear, sampling
-from minibayeslora.predictive import MAP, LRVDSampler, repeat_batch, sample_probabilities
+from minibayeslora.predictive import MAP, LRVDSampler, batch_rows, repeat_batch, sample_probabilities
 from minibayeslora.train import make_data
 
 
@@ -14,6 +14,12 @@ def test_repeat_batch_stacks_tensors_only():
     stacked = repeat_batch(batch, 2)
     assert stacked["prefix_hidden"].shape == (6, 2) and stacked["start_layer"] == 4
     torch.testing.assert_close(stacked["prefix_hidden"][3:], batch["prefix_hidden"])
+
+
+def test_batch_rows_reads_the_example_axis_and_refuses_a_batch_without_one():
+    assert batch_rows({"start_layer": 4, "scale": torch.tensor(2.0), "input_ids": torch.zeros(5, 7)}) == 5
+    with pytest.raises(ValueError, match="first .example. axis"):
+        batch_rows({"start_layer": 4, "scale": torch.tensor(2.0)})
 
 
 def test_map_and_sample_probabilities_keep_data_order(lrvd_model, task, isolated_cache):
