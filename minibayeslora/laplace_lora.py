@@ -28,9 +28,9 @@ Predictive (``LaplaceLoRA.predict_samples(inputs, S) -> (S, N, C)``):
 - ``pred_type="nn"``: S parameter draws θ_s ~ N(θ*, Σ), each run through the network: softmax f(x; θ_s). With a
   diagonal Σ over LoRA factors this can wreck the network: on an adapter trained on 128 RT reviews it fell to
   chance accuracy (0.48 on 256 test reviews against the MAP's 0.70), where the glm predictive kept 0.55.
-With ``pred_type="nn"`` the same seed gives the same S parameter draws in every batch, so each draw is one
-function over the whole data set and the result does not depend on the batch size; the glm draws are drawn per
-example (repeatable for a given batch size).
+Neither depends on the batch size. With ``pred_type="nn"`` the same seed gives the same S parameter draws in
+every batch, so each draw is one function over the whole data set; the glm draws of an example come from its own
+generator, seeded by the seed and the example's index in its dataset (as ``noise`` does for the other samplers).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import config, metrics
+from . import config, metrics, noise
 from .predictive import batch_rows
 from .train import batched_logits, eval_mode
 
@@ -148,30 +148,41 @@ class LaplaceLoRA:
         """What the samples depend on, for the prediction cache (the laplace-torch object itself is not describable)."""
         return {"model": self.model, "mean": self.posterior.mean.detach(),
                 "precision": self.posterior.posterior_precision.detach(),
-                "prior_precision": self.posterior.prior_precision.detach(), "cfg": self.cfg, "seed": self.seed}
+                "prior_precision": self.posterior.prior_precision.detach(), "cfg": self.cfg, "seed": self.seed,
+                "glm draws": "per example"}
 
     @torch.no_grad()
     def predict_samples(self, inputs: dict, S: int) -> torch.Tensor:
         if S < 1:
             raise ValueError(f"S must be ≥ 1, got {S}.")
         device = config.model_device(self.model)
-        generator = torch.Generator(device=device).manual_seed(self.seed)   # the same S draws for every batch
         batch = config.to_device(dict(inputs), device)
         if self.cfg.pred_type == "nn":
+            generator = torch.Generator(device=device).manual_seed(self.seed)   # the same S draws for every batch
             with eval_mode(self.model):
                 logits = self.posterior.functional_samples(batch, pred_type="nn", n_samples=S, generator=generator)
             return logits.float().softmax(-1).cpu()
         # glm: Jacobians again, so a few examples at a time (see LaplaceConfig.batch_size)
         n = batch_rows(batch)
-        chunks = []
+        examples, chunks = noise.current_examples(n), []
         for start in range(0, n, self.cfg.batch_size):
             part = {k: v[start:start + self.cfg.batch_size] if torch.is_tensor(v) and v.dim() and v.shape[0] == n else v
                     for k, v in batch.items()}
             with eval_mode(self.model), torch.enable_grad(), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=_VMAP_FALLBACK)
-                chunks.append(self.posterior.functional_samples(part, pred_type="glm", n_samples=S,
-                                                                generator=generator).detach())
+                f_mu, f_var = self.posterior._glm_predictive_distribution(part)   # (B, C), (B, C, C)
+            chunks.append(self._glm_draws(f_mu.detach(), f_var.detach(), S, examples[start:start + self.cfg.batch_size]))
         return torch.cat(chunks, dim=1).float().softmax(-1).cpu()
+
+    def _glm_draws(self, f_mu: torch.Tensor, f_var: torch.Tensor, S: int, examples: list[int]) -> torch.Tensor:
+        """S draws of the logits, (S, B, C): f_mu + L z with L Lᵀ = f_var and z ~ N(0, I_C) drawn from each example's
+        own generator (seeded by the seed and the example's index in its dataset), so an example's draws do not
+        depend on the batch it is in. (laplace-torch's sampler draws one z for a whole batch from one generator.)"""
+        scale = torch.linalg.cholesky(f_var)
+        z = torch.stack([torch.randn(f_mu.shape[1], S, dtype=f_mu.dtype,
+                                     generator=torch.Generator().manual_seed(noise.row_seed(self.seed, example, 0)))
+                         for example in examples])                                          # (B, C, S), on the CPU
+        return (f_mu.unsqueeze(-1) + scale @ z.to(f_mu.device)).permute(2, 0, 1)
 
 
 def fit_laplace(model: nn.Module, train_data, cfg: LaplaceConfig = LaplaceConfig(), val_data=None,

@@ -116,6 +116,23 @@ def test_nn_predictive_does_not_depend_on_the_batch_size_and_tuning_moves_the_pr
     assert by_val.prior_precision in (0.1, 10.0) and by_val.fit_seconds > 0
 
 
+def test_glm_predictive_does_not_depend_on_the_batch_size_and_samples_laplace_torchs_gaussian():
+    from minibayeslora import noise
+    from minibayeslora.predictive import sample_probabilities
+
+    model, data, *_ = _map_fit()
+    la = fit_laplace(model, data, LaplaceConfig(prior_precision=PRIOR, tune=None, pred_type="glm", batch_size=3), seed=4)
+    whole = sample_probabilities(la, data, S=8, batch_size=N, cache=False)
+    for batch_size in (7, 1):
+        torch.testing.assert_close(sample_probabilities(la, data, S=8, batch_size=batch_size, cache=False), whole)
+    # reference: laplace-torch's own glm sampler on example 5 alone, with that example's generator
+    generator = torch.Generator().manual_seed(noise.row_seed(4, 5, 0))
+    with torch.enable_grad():
+        expected = la.posterior.functional_samples(data.inputs(torch.tensor([5])), pred_type="glm", n_samples=8,
+                                                   generator=generator).softmax(-1)
+    torch.testing.assert_close(whole[:, 5:6], expected)
+
+
 def test_laplace_refuses_what_it_cannot_do():
     model, data, *_ = _map_fit()
     with pytest.raises(ValueError, match="val_data"):
