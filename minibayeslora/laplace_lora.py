@@ -175,14 +175,13 @@ class LaplaceLoRA:
         return torch.cat(chunks, dim=1).float().softmax(-1).cpu()
 
     def _glm_draws(self, f_mu: torch.Tensor, f_var: torch.Tensor, S: int, examples: list[int]) -> torch.Tensor:
-        """S draws of the logits, (S, B, C): f_mu + L z with L Lᵀ = f_var and z ~ N(0, I_C) drawn from each example's
-        own generator (seeded by the seed and the example's index in its dataset), so an example's draws do not
-        depend on the batch it is in. (laplace-torch's sampler draws one z for a whole batch from one generator.)"""
+        """S draws of the logits, (S, B, C): f_mu + L z with L Lᵀ = f_var and z ~ N(0, I_C) drawn per example
+        (``noise.per_example``: seeded by the seed and the example's index in its dataset), so an example's draws do
+        not depend on the batch it is in. (laplace-torch's sampler draws one z for a whole batch from one generator.)"""
         scale = torch.linalg.cholesky(f_var)
-        z = torch.stack([torch.randn(f_mu.shape[1], S, dtype=f_mu.dtype,
-                                     generator=torch.Generator().manual_seed(noise.row_seed(self.seed, example, 0)))
-                         for example in examples])                                          # (B, C, S), on the CPU
-        return (f_mu.unsqueeze(-1) + scale @ z.to(f_mu.device)).permute(2, 0, 1)
+        with noise.per_example(self.seed, examples, copies=1):                                # CPU generators
+            z = noise.normal((len(examples), f_mu.shape[1], S), f_mu.dtype, f_mu.device)        # (B, C, S)
+        return (f_mu.unsqueeze(-1) + scale @ z).permute(2, 0, 1)
 
 
 def fit_laplace(model: nn.Module, train_data, cfg: LaplaceConfig = LaplaceConfig(), val_data=None,
