@@ -31,20 +31,30 @@ Predictive (``LaplaceLoRA.predict_samples(inputs, S) -> (S, N, C)``):
 Neither depends on the batch size. With ``pred_type="nn"`` the same seed gives the same S parameter draws in
 every batch, so each draw is one function over the whole data set; the glm draws of an example come from its own
 generator, seeded by the seed and the example's index in its dataset (as ``noise`` does for the other samplers).
+
+A fit is cached like a trained adapter (``fit_laplace(..., cache_key=...)``): the diagonal of H, the training loss
+and the tuned λ as safetensors + JSON, keyed by the model (its recipe and trainable tensors), the data, the
+settings, the device type and the library versions; a notebook's fits are shipped with its checkpoints
+(``shipped``). Loading rebuilds the laplace-torch object from them, no pickle.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from . import config, metrics, noise
+from . import __version__, config, metrics, noise, shipped
 from .predictive import batch_rows
+from .recipe import model_recipe
 from .train import batched_logits, eval_mode
 
 HESSIAN_STRUCTURES = ("diag",)
@@ -129,11 +139,14 @@ def _laplace_library():
 class LaplaceLoRA:
     """A fitted Laplace posterior over a model's trainable tensors; a predictive method (``predict_samples``).
 
-    ``fit_seconds`` is the time of the curvature pass and λ's tuning; ``prior_precision`` the λ in use.
+    ``fit_seconds`` is the time of the curvature pass and λ's tuning (for a fit loaded from the cache, the time it
+    took when it was made); ``from_cache`` says which; ``prior_precision`` is the λ in use.
     """
 
-    def __init__(self, model: nn.Module, posterior, cfg: LaplaceConfig, seed: int = 0, fit_seconds: float = 0.0):
+    def __init__(self, model: nn.Module, posterior, cfg: LaplaceConfig, seed: int = 0, fit_seconds: float = 0.0,
+                 from_cache: bool = False):
         self.model, self.posterior, self.cfg, self.seed, self.fit_seconds = model, posterior, cfg, seed, fit_seconds
+        self.from_cache = from_cache
 
     @property
     def prior_precision(self) -> float:
@@ -185,12 +198,13 @@ class LaplaceLoRA:
 
 
 def fit_laplace(model: nn.Module, train_data, cfg: LaplaceConfig = LaplaceConfig(), val_data=None,
-                seed: int = 0) -> LaplaceLoRA:
+                seed: int = 0, cache_key: dict | None = None) -> LaplaceLoRA:
     """Fit a diagonal-GGN Laplace posterior at the model's current (trained) trainable tensors.
 
     ``train_data`` gives H (one pass, ``cfg.batch_size`` at a time); ``val_data`` is needed for ``tune="val"``,
     which picks λ from ``cfg.val_grid`` by the validation NLL of the predictive (S = 16, ``cfg.pred_type``).
-    The model is left as it was (the posterior mean is its current state).
+    The model is left as it was (the posterior mean is its current state). With ``cache_key`` (a dict naming the
+    fit, as for ``train.fit``), the fit is looked up in the cache and the shipped checkpoints first, and stored after.
     """
     laplace = _laplace_library()
     if cfg.tune == "val" and val_data is None:
@@ -198,15 +212,20 @@ def fit_laplace(model: nn.Module, train_data, cfg: LaplaceConfig = LaplaceConfig
     trainable = [p for p in model.parameters() if p.requires_grad]
     if not trainable:
         raise ValueError("the model has no trainable tensors: inject LoRA (and train it) before fitting a Laplace posterior.")
-    device = config.model_device(model)
-    wrapped = _DictInput(model)
+    path = key = None
+    if cache_key is not None:
+        path, key = _cache_path(model, train_data, val_data, cfg, cache_key)
+        shipped.require(path.name, key)
+        for candidate in (path, shipped.lookup(path.name)):
+            cached = _load(candidate, model, cfg, seed) if candidate is not None else None
+            if cached is not None:
+                shipped.record(candidate, key)
+                return cached
     start = time.perf_counter()
-    posterior = laplace.Laplace(wrapped, "classification", subset_of_weights="all",
-                                hessian_structure=cfg.hessian_structure, prior_precision=cfg.prior_precision,
-                                dict_key_x="input_ids", dict_key_y="labels")
+    posterior = _new_posterior(model, cfg)
     with eval_mode(model), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_VMAP_FALLBACK)
-        posterior.fit(_Batches(train_data, cfg.batch_size, device))
+        posterior.fit(_Batches(train_data, cfg.batch_size, config.model_device(model)))
     result = LaplaceLoRA(model, posterior, cfg, seed=seed)
     if cfg.tune == "marglik":
         with warnings.catch_warnings():   # laplace-torch reminds of the probit link, which the marginal likelihood never uses
@@ -220,4 +239,66 @@ def fit_laplace(model: nn.Module, train_data, cfg: LaplaceConfig = LaplaceConfig
             scores[prior] = metrics.nll(probs, val_data.labels)
         posterior.prior_precision = float(min(scores, key=scores.get))
     result.fit_seconds = time.perf_counter() - start
+    if path is not None:
+        _save(path, key, result)
+        shipped.record(path, key)
     return result
+
+
+def _new_posterior(model: nn.Module, cfg: LaplaceConfig):
+    """laplace-torch's diagonal Laplace over the model's trainable tensors, not fitted yet."""
+    return _laplace_library().Laplace(_DictInput(model), "classification", subset_of_weights="all",
+                                      hessian_structure=cfg.hessian_structure, prior_precision=cfg.prior_precision,
+                                      dict_key_x="input_ids", dict_key_y="labels")
+
+
+# ---- fit-or-load cache (the adapters' cache: ``cache_dir("adapters")``, shipped with a notebook's checkpoints) ----
+
+def _cache_path(model, train_data, val_data, cfg: LaplaceConfig, cache_key: dict):
+    """The fit's cache path (named by the digest of its key) and the key: everything H and λ depend on."""
+    from importlib.metadata import version
+
+    from .prediction_cache import model_digest
+
+    key = {"key": cache_key, "laplace": dataclasses.asdict(cfg), "model": model_recipe(model),
+           "trainable": model_digest(model)["trainable"], "train": train_data.fingerprint(),
+           "val": val_data.fingerprint() if cfg.tune == "val" else None,
+           "device": config.model_device(model).type, "laplace-torch": version("laplace-torch"), "version": __version__}
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))   # as stored, so its digest can be checked
+    return config.cache_dir("adapters") / shipped.key_digest(key), key
+
+
+def _save(path: Path, key: dict, fit: LaplaceLoRA) -> None:
+    posterior = fit.posterior
+    tensors = {"H": posterior.H.detach(), "loss": torch.as_tensor(posterior.loss).detach().reshape(1),
+               "prior_precision": posterior.prior_precision.detach()}
+    meta = {"key": key, "fit": {"n_data": int(posterior.n_data), "n_outputs": int(posterior.n_outputs),
+                                "fit_seconds": fit.fit_seconds}}
+    config.write_atomically(path.with_suffix(".safetensors"),
+                            lambda tmp: save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp)))
+    config.write_atomically(path.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+
+
+def _load(path: Path, model: nn.Module, cfg: LaplaceConfig, seed: int) -> LaplaceLoRA | None:
+    """The cached fit, rebuilt as ``posterior.fit`` and the tuning leave it: H, loss, N, C, mean and λ."""
+    from torch.nn.utils import parameters_to_vector
+
+    weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    if not (weights.exists() and meta_path.exists()):
+        return None
+    try:
+        tensors, meta = load_file(str(weights)), json.loads(meta_path.read_text())["fit"]
+        posterior = _new_posterior(model, cfg)
+        if tensors["H"].shape != (posterior.n_params,):
+            raise ValueError(f"H has shape {tuple(tensors['H'].shape)} for {posterior.n_params} parameters")
+    except Exception as err:
+        warnings.warn(f"cached Laplace fit {weights.name} is unreadable ({type(err).__name__}: {err}); fitting again.")
+        return None
+    device = config.model_device(model)
+    posterior.H = tensors["H"].to(device)
+    posterior.loss = tensors["loss"].to(device)[0]
+    posterior.n_data, posterior.n_outputs = meta["n_data"], meta["n_outputs"]
+    posterior.model.output_size = meta["n_outputs"]
+    posterior.mean = parameters_to_vector(posterior.params).detach()
+    posterior.prior_precision = tensors["prior_precision"].to(device)
+    return LaplaceLoRA(model, posterior, cfg, seed=seed, fit_seconds=meta["fit_seconds"], from_cache=True)

@@ -1,5 +1,8 @@
 """Shipped checkpoints: the notebooks' trained adapters come with the course, so a notebook opens in minutes.
 
+(A Laplace fit, ``laplace_lora.fit_laplace(..., cache_key=...)``, is cached, looked up, recorded and shipped the same
+way, under ``adapters/`` beside the adapter it was fitted on.)
+
 ``train.fit(..., cache_key=...)`` looks for its result, by the digest of its full key (config, recipe,
 data, package version; see ``train``), in three places:
 

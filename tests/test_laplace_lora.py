@@ -184,3 +184,39 @@ def test_laplace_predictions_are_cached_until_the_posterior_changes(isolated_cac
     assert prediction_cache.method_key(la, data, S=8) != key, "another prior, another posterior"
     other = fit_laplace(model, data, LaplaceConfig(prior_precision=PRIOR, tune=None, pred_type="nn"))
     assert prediction_cache.method_key(other, data, S=8) != key
+
+
+def test_a_cached_fit_is_the_fit_it_stored_and_is_keyed_by_the_trained_weights(isolated_cache, monkeypatch):
+    """A fit stored under a cache_key loads without fitting (laplace-torch's fit is not called), and the loaded
+    posterior is the fitted one: the same precision, λ and glm draws. Other trained weights miss the cache; under
+    MINIBAYESLORA_REQUIRE_CHECKPOINTS a fit that is neither cached nor shipped raises, and a shipped one loads."""
+    import laplace
+
+    from minibayeslora import shipped
+
+    model, data, *_ = _map_fit()
+    cfg = LaplaceConfig(prior_precision=PRIOR, tune="marglik", batch_size=3)
+    fitted = fit_laplace(model, data, cfg, seed=1, cache_key={"test": "laplace"})
+    assert not fitted.from_cache and fitted.fit_seconds > 0
+    monkeypatch.setattr(laplace.DiagLaplace, "fit", lambda *a, **k: pytest.fail("a cached fit must load, not fit"))
+    loaded = fit_laplace(model, data, cfg, seed=1, cache_key={"test": "laplace"})
+    assert loaded.from_cache and loaded.fit_seconds == fitted.fit_seconds
+    assert loaded.prior_precision == fitted.prior_precision != PRIOR, "the tuned λ, not the starting one"
+    torch.testing.assert_close(loaded.posterior.posterior_precision, fitted.posterior.posterior_precision, rtol=0, atol=0)
+    torch.testing.assert_close(loaded.posterior.log_marginal_likelihood(), fitted.posterior.log_marginal_likelihood())
+    inputs = data.inputs(torch.arange(10))
+    torch.testing.assert_close(loaded.predict_samples(inputs, 5), fitted.predict_samples(inputs, 5), rtol=0, atol=0)
+
+    with torch.no_grad():
+        model.head.bias.add_(0.1)   # other trained weights: another posterior, so the cache must miss
+    with pytest.raises(pytest.fail.Exception, match="must load, not fit"):
+        fit_laplace(model, data, cfg, seed=1, cache_key={"test": "laplace"})
+    with torch.no_grad():
+        model.head.bias.sub_(0.1)
+
+    monkeypatch.setenv("MINIBAYESLORA_REQUIRE_CHECKPOINTS", "1")
+    with pytest.raises(shipped.MissingCheckpoint):
+        fit_laplace(model, data, cfg, seed=1, cache_key={"test": "not shipped"})
+    monkeypatch.setenv("MINIBAYESLORA_CHECKPOINTS", str(isolated_cache))   # the cache as the shipped folder
+    monkeypatch.setenv("MINIBAYESLORA_CACHE", str(isolated_cache / "empty"))
+    assert fit_laplace(model, data, cfg, seed=1, cache_key={"test": "laplace"}).from_cache
