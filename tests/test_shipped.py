@@ -178,3 +178,33 @@ def test_a_shipped_checkpoint_is_what_training_gives(task, isolated_cache, monke
     assert history.best_step == shipped_history["best_step"]
     for name, value in adapter_state(model).items():
         assert torch.allclose(value, shipped_state[name], atol=1e-4, rtol=0), (name, (value - shipped_state[name]).abs().max())
+
+
+def test_a_shipped_laplace_fit_is_what_fitting_gives(task, isolated_cache, monkeypatch):
+    """Notebook 07's Laplace fit on RT-500, seed 0, rebuilt as the notebook builds it (its LoRA loaded from the shipped
+    checkpoints): its key must name a shipped fit, and fitting again gives the shipped curvature and prior precision
+    (to float-sum precision; another model or data set gives other numbers altogether)."""
+    from safetensors.torch import load_file
+
+    from minibayeslora import data
+    from minibayeslora.laplace_lora import LaplaceConfig, _cache_path, fit_laplace
+
+    monkeypatch.setenv("MINIBAYESLORA_CHECKPOINTS", str(ROOT / "checkpoints"))
+    rt = data.load_task("rotten_tomatoes")
+    train_split, val_split = rt.train.subset(500, seed=0), rt.val.subset(200, seed=0)
+    model = lora_classifier(0)
+    model.max_length = 64
+    cfg = TrainConfig.for_data(500, epochs=5, batch_size=16, lr=1e-3, schedule="cosine", seed=0)
+    train_data = make_data(model, train_split)
+    history = fit(model, train_data, make_data(model, val_split), cfg, progress=False,
+                  cache_key={"notebook": "07", "task": "RT-500", "method": "LoRA", "max_length": 64})
+    assert history.from_cache, "notebook 07's LoRA run has no shipped checkpoint under this recipe"
+    key = {"notebook": "07", "task": "RT-500", "seed": 0}
+    digest = _cache_path(model, train_data, None, LaplaceConfig(), key)[0].name
+    assert digest in shipped.read_manifest(ROOT / "checkpoints")["checkpoints"], "no shipped Laplace fit under this key"
+
+    refit = fit_laplace(model, train_data, LaplaceConfig(), seed=0)
+    assert not refit.from_cache
+    stored = load_file(str(ROOT / "checkpoints" / "adapters" / f"{digest}.safetensors"))
+    torch.testing.assert_close(refit.posterior.H, stored["H"], rtol=1e-4, atol=1e-6)
+    assert refit.prior_precision == pytest.approx(stored["prior_precision"].item(), rel=1e-3)
