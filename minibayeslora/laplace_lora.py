@@ -206,7 +206,7 @@ def fit_laplace(model: nn.Module, train_data, cfg: LaplaceConfig = LaplaceConfig
     The model is left as it was (the posterior mean is its current state). With ``cache_key`` (a dict naming the
     fit, as for ``train.fit``), the fit is looked up in the cache and the shipped checkpoints first, and stored after.
     """
-    laplace = _laplace_library()
+    _laplace_library()   # a clear error, before any work, where laplace-torch is missing
     if cfg.tune == "val" and val_data is None:
         raise ValueError("tune='val' picks the prior precision on validation data: pass val_data.")
     trainable = [p for p in model.parameters() if p.requires_grad]
