@@ -215,12 +215,9 @@ def fit_laplace(model: nn.Module, train_data, cfg: LaplaceConfig = LaplaceConfig
     path = key = None
     if cache_key is not None:
         path, key = _cache_path(model, train_data, val_data, cfg, cache_key)
-        shipped.require(path.name, key)
-        for candidate in (path, shipped.lookup(path.name)):
-            cached = _load(candidate, model, cfg, seed) if candidate is not None else None
-            if cached is not None:
-                shipped.record(candidate, key)
-                return cached
+        cached = shipped.load_cached(path, key, lambda candidate: _load(candidate, model, cfg, seed))
+        if cached is not None:
+            return cached
     start = time.perf_counter()
     posterior = _new_posterior(model, cfg)
     with eval_mode(model), warnings.catch_warnings():
@@ -260,12 +257,11 @@ def _cache_path(model, train_data, val_data, cfg: LaplaceConfig, cache_key: dict
 
     from .prediction_cache import model_digest
 
-    key = {"key": cache_key, "laplace": dataclasses.asdict(cfg), "model": model_recipe(model),
-           "trainable": model_digest(model)["trainable"], "train": train_data.fingerprint(),
-           "val": val_data.fingerprint() if cfg.tune == "val" else None,
-           "device": config.model_device(model).type, "laplace-torch": version("laplace-torch"), "version": __version__}
-    key = json.loads(json.dumps(key, sort_keys=True, default=str))   # as stored, so its digest can be checked
-    return config.cache_dir("adapters") / shipped.key_digest(key), key
+    return shipped.cache_path({"key": cache_key, "laplace": dataclasses.asdict(cfg), "model": model_recipe(model),
+                               "trainable": model_digest(model)["trainable"], "train": train_data.fingerprint(),
+                               "val": val_data.fingerprint() if cfg.tune == "val" else None,
+                               "device": config.model_device(model).type, "laplace-torch": version("laplace-torch"),
+                               "version": __version__})
 
 
 def _save(path: Path, key: dict, fit: LaplaceLoRA) -> None:

@@ -61,6 +61,26 @@ class MissingCheckpoint(RuntimeError):
     """Raised by ``fit`` under ``MINIBAYESLORA_REQUIRE_CHECKPOINTS=1`` when a run has no shipped checkpoint."""
 
 
+def cache_path(key: dict) -> tuple[Path, dict]:
+    """A run's path in the reader's cache (``cache_dir("adapters")/<digest>``, without suffix) and its key as stored
+    (through JSON, so that the digest can be checked against it later)."""
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    return config.cache_dir("adapters") / key_digest(key), key
+
+
+def load_cached(path: Path, key: dict, load):
+    """A run's result from the reader's cache, else from the shipped folder, recorded (``record``); None when neither
+    has it and the run must be made. ``load(path) -> result | None`` reads one candidate (None: absent or unreadable).
+    Under ``MINIBAYESLORA_REQUIRE_CHECKPOINTS=1`` a run with no shipped result raises (``require``)."""
+    require(path.name, key)
+    for candidate in (path, lookup(path.name)):
+        result = load(candidate) if candidate is not None else None
+        if result is not None:
+            record(candidate, key)
+            return result
+    return None
+
+
 def require(digest: str, key: dict) -> None:
     """Under ``MINIBAYESLORA_REQUIRE_CHECKPOINTS=1``, refuse to train a run that has no shipped checkpoint."""
     if _flag("MINIBAYESLORA_REQUIRE_CHECKPOINTS") and lookup(digest) is None:

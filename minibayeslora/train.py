@@ -286,12 +286,9 @@ def fit(model, train_data: ClassificationData, val_data: ClassificationData | No
     if cache_key is not None:
         recipe = _recipe(model, loss_fn)
         path, key = _cache_path(recipe, train_data, val_data, cfg, cache_key)
-        shipped.require(path.name, key)
-        for candidate in (path, shipped.lookup(path.name)):
-            cached = _load(candidate, model) if candidate is not None else None
-            if cached is not None:
-                shipped.record(candidate, key)
-                return cached
+        cached = shipped.load_cached(path, key, lambda candidate: _load(candidate, model))
+        if cached is not None:
+            return cached
 
     if hasattr(loss_fn, "reset"):   # a stateful loss (KL warm-up, seeded t draws) starts afresh in every run
         loss_fn.reset()
@@ -373,10 +370,9 @@ def _recipe(model, loss_fn) -> dict:
 
 def _cache_path(recipe: dict, train_data, val_data, cfg: TrainConfig, cache_key: dict):
     """The run's cache path (named by the digest of its key) and the key itself."""
-    key = {"key": cache_key, "config": dataclasses.asdict(cfg), "recipe": recipe, "version": __version__,
-           "train": train_data.fingerprint(), "val": val_data.fingerprint() if val_data is not None else None}
-    key = json.loads(json.dumps(key, sort_keys=True, default=str))   # as stored, so its digest can be checked
-    return config.cache_dir("adapters") / shipped.key_digest(key), key
+    return shipped.cache_path({"key": cache_key, "config": dataclasses.asdict(cfg), "recipe": recipe,
+                               "version": __version__, "train": train_data.fingerprint(),
+                               "val": val_data.fingerprint() if val_data is not None else None})
 
 
 def _load(path, model) -> History | None:
