@@ -2,21 +2,24 @@
 
 Seeding a whole batch once makes an example's draw depend on the batch: which examples come before it, how many
 there are and how far the batch is padded. S draws over a dataset would then change with ``batch_size``. In a
-prediction pass (``predictive.stacked_draws``) the batch holds S stacked copies of N examples, S·N rows, and here
-every row gets its own generator, seeded by
+prediction pass (``predictive.stacked_draws``) the batch holds S stacked copies of N examples, S·N rows
+(row s·N + i is copy s of example i), and here every example gets its own generator, seeded by
 
-    (the method's seed, the example's index in its dataset, the copy s ∈ {0, …, S−1}),
+    (the method's seed, the example's index in its dataset),
 
-that draws, layer after layer in the order of the forward pass, only what the row needs: for noise along the
-token axis, one value per *real* token (the attention mask says which; padding gets none, whether the batch is
-padded on the right or on the left). Example i's s-th draw is therefore the same in a batch of one, of 64, or in
-any order. Noise that a method shares between all examples on purpose (the weight draws of flipout or of a
-Laplace posterior) comes from one generator seeded by the seed alone.
+that draws, layer after layer in the order of the forward pass, what the example's S rows need, in one call per
+noise site: shape (S, ...), copy s taking slice s. For noise along the token axis it draws one value per *real*
+token (the attention mask says which; padding gets none, whether the batch is padded on the right or on the
+left). Example i's S draws are therefore the same in a batch of one, of 64, or in any order. They depend on S:
+the first 8 of 64 draws are not the 8 draws of S = 8 (compare sample sizes on prefixes of one run). Noise that a
+method shares between all examples on purpose (the weight draws of flipout or of a Laplace posterior) comes from
+one generator seeded by the seed alone.
 
 Outside ``per_example`` every helper here is torch's own draw from the global RNG (``torch.randn``,
 ``torch.randint``, ``nn.Dropout``), so training draws exactly what it drew before this module existed.
 
-Cost: one small draw per row and noise site (a few µs each), the same number of random values as one batched draw.
+Cost: one draw per example and noise site, N random-number calls per site instead of one per row (S·N): on a GPU
+each call is a kernel launch, and at S = 64 a call per row would launch 64 times as many.
 """
 
 from __future__ import annotations
@@ -29,40 +32,45 @@ import torch
 from torch import nn
 
 
-class _Rows:
-    """The generators of one prediction pass: one per row, one shared, and which positions are real tokens."""
+class _Examples:
+    """The generators of one prediction pass: one per example, one shared, and each example's real token positions."""
 
     def __init__(self, seed: int, examples: Sequence[int], copies: int, attention_mask: torch.Tensor | None, device):
         device = torch.device(device)
-        self.generators = [torch.Generator(device=device).manual_seed(row_seed(seed, int(example), copy))
-                           for copy in range(copies) for example in examples]                 # row s·N + i
-        self.shared = torch.Generator(device=device).manual_seed(row_seed(seed, -1, -1))
-        self.real = None
+        self.copies = copies
+        self.generators = [torch.Generator(device=device).manual_seed(example_seed(seed, int(example)))
+                           for example in examples]
+        self.shared = torch.Generator(device=device).manual_seed(example_seed(seed, -1))
+        self.length = self.positions = None
         if attention_mask is not None:
-            self.real = attention_mask.to(device=device).bool().repeat(copies, 1)           # (S·N, L)
+            real = attention_mask.cpu().bool()                                              # (N, L)
+            self.length = real.shape[1]
+            self.positions = [row.nonzero().squeeze(1).to(device) for row in real]
 
     def draw(self, shape: tuple[int, ...], dtype, device, tokens: bool, sample: Callable) -> torch.Tensor:
-        """(rows, ...) from ``sample(size, generator)``, one call per row; only real tokens along axis 1 if ``tokens``."""
+        """(S·N, ...) from ``sample(size, generator)``, one call per example of size (S, ...); rows s·N + i = copy s of
+        example i. With ``tokens``, axis 1 is the token axis and only real tokens get a value (padding 0)."""
         shape = tuple(shape)
-        if shape[0] != len(self.generators):
-            raise RuntimeError(f"a per-example draw of shape {shape} in a pass of {len(self.generators)} rows: "
-                               "the first axis must be the rows (S stacked copies of the batch).")
-        real = self.real
-        if tokens and real is not None and len(shape) >= 3 and shape[1] == real.shape[1]:
-            counts = real.sum(1).tolist()
-            out = torch.zeros(shape, dtype=dtype, device=device)
-            out[real.to(device)] = torch.cat([sample((k, *shape[2:]), g) for k, g in zip(counts, self.generators)]).to(dtype)
-            return out
-        return torch.stack([sample(shape[1:], g) for g in self.generators]).to(device=device, dtype=dtype)
+        S, N = self.copies, len(self.generators)
+        if shape[0] != S * N:
+            raise RuntimeError(f"a per-example draw of shape {shape} in a pass of {S} copies of {N} examples: "
+                               f"the first axis must be the {S * N} rows (S stacked copies of the batch).")
+        if tokens and self.positions is not None and len(shape) >= 3 and shape[1] == self.length:
+            out = torch.zeros((S, N, *shape[1:]), dtype=dtype, device=device)
+            for i, (g, positions) in enumerate(zip(self.generators, self.positions)):
+                out[:, i][:, positions] = sample((S, len(positions), *shape[2:]), g).to(device=device, dtype=dtype)
+            return out.view(shape)
+        draws = torch.stack([sample((S, *shape[1:]), g) for g in self.generators], dim=1)   # (S, N, ...)
+        return draws.to(device=device, dtype=dtype).reshape(shape)
 
 
-_active: _Rows | None = None
+_active: _Examples | None = None
 _examples: Sequence[int] | None = None
 
 
-def row_seed(seed: int, example: int, copy: int) -> int:
-    """A 63-bit seed for one row, from (seed, example index, copy); distinct triples give unrelated seeds."""
-    digest = hashlib.blake2b(f"{seed}/{example}/{copy}".encode(), digest_size=8).digest()
+def example_seed(seed: int, example: int) -> int:
+    """A 63-bit seed for one example's generator, from (seed, example index); distinct pairs give unrelated seeds."""
+    digest = hashlib.blake2b(f"{seed}/{example}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
@@ -89,9 +97,9 @@ def current_examples(n: int) -> list[int]:
 @contextmanager
 def per_example(seed: int, examples: Sequence[int], copies: int, attention_mask: torch.Tensor | None = None,
                 device="cpu"):
-    """Inside the block, the helpers below draw per row (see the module docstring); rows = copies · len(examples)."""
+    """Inside the block, the helpers below draw per example (see the module docstring); rows = copies · len(examples)."""
     global _active
-    saved, _active = _active, _Rows(seed, examples, copies, attention_mask, device)
+    saved, _active = _active, _Examples(seed, examples, copies, attention_mask, device)
     try:
         yield
     finally:
@@ -123,7 +131,7 @@ def shared_normal(shape, dtype, device) -> torch.Tensor:
 
 
 def dropout(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``module(x)`` for an ``nn.Dropout``; inside ``per_example`` and in training mode, its mask drawn per row."""
+    """``module(x)`` for an ``nn.Dropout``; inside ``per_example`` and in training mode, its mask drawn per example."""
     if _active is None or not isinstance(module, nn.Dropout) or not module.training or module.p == 0:
         return module(x)
     p = module.p

@@ -53,8 +53,8 @@ def method_key(method, data, S: int) -> str | None:
     except Undescribable:
         return None
     device = next((config.model_device(v).type for v in vars(method).values() if isinstance(v, nn.Module)), "cpu")
-    key = {"method": described, "data": data.fingerprint(), "S": S, "draws": "per example", "device": device,
-           "version": __version__}
+    key = {"method": described, "data": data.fingerprint(), "S": S, "draws": "per example, S copies per call",
+           "device": device, "version": __version__}
     return _hash(key)
 
 

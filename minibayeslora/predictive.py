@@ -44,9 +44,9 @@ def repeat_batch(inputs: dict, S: int) -> dict:
 def stacked_draws(model: nn.Module, inputs: dict, S: int, seed: int, noise_on) -> torch.Tensor:
     """S seeded draws of a per-example noise in one eval-mode pass over S stacked copies: (S, N, C).
 
-    ``noise_on`` is a context manager that switches the method's noise on for the pass. Every row of the pass
-    draws from its own generator (``noise.per_example``), seeded by the seed, the example's index (set by
-    ``sample_probabilities``; 0..N-1 for a batch given directly) and its copy: an example's draws do not depend
+    ``noise_on`` is a context manager that switches the method's noise on for the pass. Every example of the pass
+    draws its S copies' noise from its own generator (``noise.per_example``), seeded by the seed and the example's
+    index (set by ``sample_probabilities``; 0..N-1 for a batch given directly): an example's draws do not depend
     on the batch it is in.
     """
     if S < 1:
@@ -76,7 +76,7 @@ class NoiseSampler:
     """S draws of a stochastic adapter's weight noise (LRVD, Bayesian-LoRA, BaLoRA, BLoB), one stacked pass.
 
     The batch is repeated S times (``repeat_batch``) and run once with the noise on; per-example
-    noise makes every row of every copy its own draw, so the S samples of an example are iid.
+    noise gives every copy of every example its own draw, so the S samples of an example are iid.
     Draws are seeded (``seed``): the same call gives the same samples. ``scale`` multiplies every
     noise std (0 = the mean path's LoRA, 1 = the posterior as trained).
     """

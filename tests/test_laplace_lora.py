@@ -126,7 +126,7 @@ def test_glm_predictive_does_not_depend_on_the_batch_size_and_samples_laplace_to
     for batch_size in (7, 1):
         torch.testing.assert_close(sample_probabilities(la, data, S=8, batch_size=batch_size, cache=False), whole)
     # reference: laplace-torch's own glm sampler on example 5 alone, with that example's generator
-    generator = torch.Generator().manual_seed(noise.row_seed(4, 5, 0))
+    generator = torch.Generator().manual_seed(noise.example_seed(4, 5))
     with torch.enable_grad():
         expected = la.posterior.functional_samples(data.inputs(torch.tensor([5])), pred_type="glm", n_samples=8,
                                                    generator=generator).softmax(-1)

@@ -1,5 +1,7 @@
 """Per-example noise: Monte Carlo predictions that do not depend on the batch size, checked by brute force."""
 
+from unittest import mock
+
 import pytest
 import torch
 from torch import nn
@@ -73,6 +75,9 @@ def test_a_row_draws_for_its_real_tokens_only_wherever_the_padding_is():
     assert not right[:, 3:].any() and not left[:, :2].any(), "padding gets no noise"
     rows = unpadded.reshape(4, -1)
     assert len({tuple(r.tolist()) for r in rows}) == 4, "every (example, copy) has its own draw"
+    # brute force: example 9's two copies are one draw of its own generator, copy s = slice s (rows s·N + i)
+    own = torch.randn((2, 3, 3), generator=torch.Generator().manual_seed(noise.example_seed(1, 9)))
+    torch.testing.assert_close(unpadded[[1, 3]], own, atol=0, rtol=0)
     with noise.per_example(seed=1, examples=[9], copies=2, attention_mask=torch.ones(1, 3)):
         alone = noise.normal((2, 3, 3), torch.float32, "cpu", tokens=True)
     torch.testing.assert_close(alone, unpadded[[1, 3]], atol=0, rtol=0)   # example 9 alone: rows (copy 0, copy 1)
@@ -90,6 +95,25 @@ def test_outside_a_prediction_pass_the_helpers_draw_what_torch_draws():
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, atol=0, rtol=0)
     torch.testing.assert_close(got_dropout, dropout(x), atol=0, rtol=0)
+
+
+def test_a_pass_asks_for_random_numbers_once_per_example_and_site_whatever_S_is():
+    """On a GPU each call is a kernel launch: S = 64 copies must not mean 64 times the calls."""
+    calls = []
+    randn = torch.randn
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return randn(*args, **kwargs)
+
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]])
+    with noise.per_example(seed=0, examples=[3, 1, 2], copies=64, attention_mask=mask), \
+            mock.patch.object(torch, "randn", counting):
+        sequence = noise.normal((192, 4), torch.float32, "cpu")
+        tokens = noise.normal((192, 3, 4), torch.float32, "cpu", tokens=True)
+    assert calls == [(64, 4)] * 3 + [(64, 2, 4), (64, 3, 4), (64, 1, 4)]
+    assert sequence.shape == (192, 4) and tokens.shape == (192, 3, 4)
+    assert (tokens.view(64, 3, 3, 4).ne(0).all(-1) == mask.bool()).all(), "real tokens drawn, padding 0"
 
 
 def test_a_draw_that_is_not_per_row_is_refused():
