@@ -11,7 +11,7 @@
 #   bash .device/run.sh bash bench/gpu_check.sh [notebook]      # an offline GPU machine (see README: GPU check)
 #
 # PARTS="tests smoke" (default "tests benches smoke gpu-notebook") runs some parts only; SMOKE="notebooks/03*.ipynb"
-# narrows the smoke run; TESTS_LIMIT (120), BENCHES_LIMIT (120), SMOKE_LIMIT (150) and GPU_NOTEBOOK_LIMIT (150)
+# narrows the smoke run; TESTS_LIMIT (120), BENCHES_LIMIT (150), SMOKE_LIMIT (150) and GPU_NOTEBOOK_LIMIT (150)
 # are the parts' limits in seconds.
 set -u
 cd "$(dirname "$0")/.."
@@ -49,21 +49,21 @@ summary_of() {
   local log="$LOG_DIR/$1.log"
   case $1 in
     tests|notebooks-smoke|notebook-gpu) grep -E "[0-9]+ (passed|failed|errors?|skipped)" "$log" | tail -n 1 | tr -d '=' ;;
-    benches) grep -E "^ratio|^ *(LoRA|Bayesian-LoRA|BaLoRA|BLoB) +[0-9]" "$log" | sed -E 's/ +/ /g' | paste -sd ';' - ;;
+    benches) grep -E "^ratio|^ *(LoRA|Bayesian-LoRA|BaLoRA|BLoB|LRVD \(token\)|MC dropout) +[0-9]" "$log" | sed -E 's/ +/ /g' | paste -sd ';' - ;;
   esac
 }
 
 wanted tests && part tests "${TESTS_LIMIT:-120}" "$PY" -m pytest -m gpu tests/ -q -p no:cacheprovider -rs
 
 benches() {
-  for bench in bma bayes_step curve_step lora_overhead lrvd_step prefix_cache; do
+  for bench in bma bayes_step curve_step lora_overhead lrvd_step prefix_cache sample_noise; do
     echo "--- bench/$bench.py"
     "$PY" bench/$bench.py --device cuda --repeats 15 || echo "bench/$bench.py FAILED"
   done
 }
 export -f benches
 export PY
-wanted benches && part benches "${BENCHES_LIMIT:-120}" bash -c benches
+wanted benches && part benches "${BENCHES_LIMIT:-150}" bash -c benches
 
 # notebooks that need an asset the machine lacks are left out of the smoke run, with the reason
 SMOKE_NOTEBOOKS=()
