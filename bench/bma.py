@@ -15,11 +15,9 @@ Prints medians and the ratios batched / sequential (target ≤ 0.5 on a GPU).
 
 from __future__ import annotations
 
-import time
-
 import torch
 
-from common import describe, device_from, interleaved_medians, parser_with_device, seeded_lora_minilm
+from common import describe, device_from, interleaved_medians, parser_with_device, seeded_lora_minilm, timed
 from minibayeslora import config, data
 from minibayeslora.lora import adapter_state
 from minibayeslora.predictive import StateAverage
@@ -46,19 +44,10 @@ def main() -> None:
     batched, sequential = StateAverage(model, states, batched=True), StateAverage(model, states)
     torch.testing.assert_close(batched.predict_samples(cached), sequential.predict_samples(cached), atol=1e-4, rtol=1e-3)
 
-    def timed(fn):
-        def run() -> float:
-            config.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            config.synchronize(device)
-            return time.perf_counter() - t0
-        return run
-
     med = interleaved_medians({
-        "batched": timed(lambda: batched.predict_samples(cached)),
-        "sequential, cached": timed(lambda: sequential.predict_samples(cached)),
-        "sequential, uncached": timed(lambda: sequential.predict_samples(tokens)),
+        "batched": timed(lambda: batched.predict_samples(cached), device),
+        "sequential, cached": timed(lambda: sequential.predict_samples(cached), device),
+        "sequential, uncached": timed(lambda: sequential.predict_samples(tokens), device),
     }, args.repeats, warmup=1)
     print(f"MiniLM + r=8 (q/v, layers 3-5), S={args.samples} states, {args.batch} reviews; "
           f"{args.repeats} interleaved repeats, {describe(device)}")

@@ -16,12 +16,11 @@ how many random-number calls one noisy pass makes (each a kernel launch on a GPU
 
 from __future__ import annotations
 
-import time
 from unittest import mock
 
 import torch
 
-from common import describe, device_from, interleaved_medians, parser_with_device
+from common import describe, device_from, interleaved_medians, parser_with_device, timed
 from minibayeslora import config, data
 from minibayeslora.backbones import lora_classifier
 from minibayeslora.balora import BaLoRALinear
@@ -71,22 +70,13 @@ def main() -> None:
     device = device_from(args)
     split = data.load_task().val.subset(args.batch, seed=0)
 
-    def timed(fn):
-        def run() -> float:
-            config.synchronize(device)
-            t0 = time.perf_counter()
-            fn()
-            config.synchronize(device)
-            return time.perf_counter() - t0
-        return run
-
     steps, calls = {}, {}
     for name in METHODS:
         model, method = sampler(name, device)
         inputs = config.to_device(make_data(model, split).inputs(torch.arange(args.batch)), device)
         stacked = repeat_batch(inputs, args.samples)
-        steps[name, "noisy"] = timed(lambda method=method, inputs=inputs: method.predict_samples(inputs, args.samples))
-        steps[name, "noiseless"] = timed(lambda model=model, stacked=stacked: MAP(model).predict_samples(stacked))
+        steps[name, "noisy"] = timed(lambda method=method, inputs=inputs: method.predict_samples(inputs, args.samples), device)
+        steps[name, "noiseless"] = timed(lambda model=model, stacked=stacked: MAP(model).predict_samples(stacked), device)
         calls[name] = random_calls(lambda method=method, inputs=inputs: method.predict_samples(inputs, args.samples))
     med = interleaved_medians(steps, args.repeats, warmup=1)
     print(f"MiniLM + r=8 (q/v, layers 3-5) on the prefix cache, {args.batch} reviews x S={args.samples} copies "
