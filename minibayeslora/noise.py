@@ -41,11 +41,13 @@ class _Examples:
         self.generators = [torch.Generator(device=device).manual_seed(example_seed(seed, int(example)))
                            for example in examples]
         self.shared = torch.Generator(device=device).manual_seed(example_seed(seed, -1))
-        self.length = self.positions = None
-        if attention_mask is not None:
-            real = attention_mask.cpu().bool()                                              # (N, L)
-            self.length = real.shape[1]
-            self.positions = [row.nonzero().squeeze(1).to(device) for row in real]
+        self.mask, self._positions = attention_mask, None                                  # (N, L) or None
+
+    def positions(self, device) -> list[torch.Tensor]:
+        """Each example's real token positions, found at the first draw along the token axis."""
+        if self._positions is None:
+            self._positions = [row.nonzero().squeeze(1).to(device) for row in self.mask.cpu().bool()]
+        return self._positions
 
     def draw(self, shape: tuple[int, ...], dtype, device, tokens: bool, sample: Callable) -> torch.Tensor:
         """(S·N, ...) from ``sample(size, generator)``, one call per example of size (S, ...); rows s·N + i = copy s of
@@ -55,9 +57,9 @@ class _Examples:
         if shape[0] != S * N:
             raise RuntimeError(f"a per-example draw of shape {shape} in a pass of {S} copies of {N} examples: "
                                f"the first axis must be the {S * N} rows (S stacked copies of the batch).")
-        if tokens and self.positions is not None and len(shape) >= 3 and shape[1] == self.length:
+        if tokens and self.mask is not None and len(shape) >= 3 and shape[1] == self.mask.shape[1]:
             out = torch.zeros((S, N, *shape[1:]), dtype=dtype, device=device)
-            for i, (g, positions) in enumerate(zip(self.generators, self.positions)):
+            for i, (g, positions) in enumerate(zip(self.generators, self.positions(device))):
                 out[:, i][:, positions] = sample((S, len(positions), *shape[2:]), g).to(device=device, dtype=dtype)
             return out.view(shape)
         draws = torch.stack([sample((S, *shape[1:]), g) for g in self.generators], dim=1)   # (S, N, ...)
