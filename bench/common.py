@@ -7,13 +7,11 @@ fixed batch there before timing, synchronises the device around each timed step,
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Callable
 
 import torch
 
 from minibayeslora import config, data
-from minibayeslora.timing import interleaved_medians, training_step  # noqa: F401 (the benches import them from here)
+from minibayeslora.timing import interleaved_medians, timed, training_step  # noqa: F401 (the benches import them from here)
 
 
 def parser_with_device(doc: str) -> argparse.ArgumentParser:
@@ -57,14 +55,3 @@ def on_model_device(model, batch: dict, labels: torch.Tensor) -> tuple[dict, tor
     """Batch and labels moved once, before timing, so that no step times a host-to-device copy."""
     device = config.model_device(model)
     return config.to_device(batch, device), labels.to(device)
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> Callable[[], float]:
-    """A step for ``interleaved_medians``: run ``fn`` once and return its seconds, the device synchronised around it."""
-    def run() -> float:
-        config.synchronize(device)
-        t0 = time.perf_counter()
-        fn()
-        config.synchronize(device)
-        return time.perf_counter() - t0
-    return run

@@ -15,8 +15,16 @@ import torch
 from .config import model_device, synchronize, to_device
 
 
-def _synchronise(model) -> None:
-    synchronize(model_device(model))
+def timed(fn: Callable[[], object], device) -> Callable[[], float]:
+    """A step for ``interleaved_medians``: run ``fn`` once and return its wall time in seconds, the device
+    synchronised before and after (on a GPU the work is asynchronous)."""
+    def step() -> float:
+        synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        synchronize(device)
+        return time.perf_counter() - t0
+    return step
 
 
 def training_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: Callable | None = None) -> Callable[[], float]:
@@ -27,9 +35,7 @@ def training_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: 
     """
     device = model_device(model)
     batch, labels = to_device(batch, device), labels.to(device)
-    def step() -> float:
-        _synchronise(model)
-        t0 = time.perf_counter()
+    def step() -> None:
         if loss_fn is None:
             loss = torch.nn.functional.cross_entropy(model(**batch), labels)
         else:
@@ -37,9 +43,7 @@ def training_step(model, optimizer, batch: dict, labels: torch.Tensor, loss_fn: 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        _synchronise(model)
-        return time.perf_counter() - t0
-    return step
+    return timed(step, device)
 
 
 def interleaved_medians(steps: dict[str, Callable[[], float]], repeats: int, warmup: int = 3) -> dict[str, float]:
