@@ -29,6 +29,14 @@ if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 "$PY" -c "import torch; print('gpu check on', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
 
+# ipykernel 7.0-7.4 now and then never reads an execute request, and a notebook part then waits until its limit
+# (ipython/ipykernel#1554; pyproject pins ipykernel<7): say so up front, and in the summary
+IPYKERNEL=$("$PY" -c "import ipykernel; print(ipykernel.__version__)" 2>/dev/null || echo "not installed")
+echo "ipykernel $IPYKERNEL"
+if [[ $IPYKERNEL == 7.* ]]; then
+  SUMMARY+=("$(printf '%-14s %-18s         %s' "ipykernel" "WARNING" "$IPYKERNEL can hang a notebook part (ipykernel#1554): install ipykernel<7")")
+fi
+
 # part NAME LIMIT_S COMMAND...: run with a time limit, log to $LOG_DIR/NAME.log, remember the status and time
 part() {
   local name=$1 limit=$2
